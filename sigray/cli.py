@@ -1,0 +1,293 @@
+"""The ``sigray`` command: run, status, results. Everything here calls the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+from sigray.errors import SigrayError
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on purpose, run the same command to resume
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.command(args)
+    except SigrayError as exc:
+        print(f"sigray: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if _is_usage_error(exc) else EXIT_ERROR
+    except KeyboardInterrupt:
+        print("sigray: interrupted; run the same command to resume.", file=sys.stderr)
+        return 130
+
+
+def _is_usage_error(exc: SigrayError) -> bool:
+    from sigray.errors import ConfigError, InputError, ModelNotFoundError, StoreError
+
+    return isinstance(exc, (ConfigError, InputError, ModelNotFoundError, StoreError))
+
+
+# -- run ----------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from sigray.api import run
+
+    settings = _run_settings(args)
+    if args.new:
+        _remove_store(args.store)
+    progress = _ProgressPrinter(quiet=args.quiet or args.json)
+    result = run(
+        args.signals,
+        args.store,
+        on_progress=progress,
+        deadline_s=args.deadline,
+        ray_options=_ray_options(args),
+        **settings,
+    )
+    progress.close()
+    done = result.resumed_windows + result.computed_windows
+    if result.stopped:
+        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
+        return EXIT_RESUMABLE
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+    elif not args.quiet:
+        _print_result(result)
+    return 0
+
+
+def _run_settings(args) -> dict:
+    settings = {
+        "pipeline": args.pipeline,
+        "model": args.model,
+        "engine": args.engine,
+        "engine_options": _key_values(args.engine_option),
+        "pipeline_params": _pipeline_params(args.param),
+        "max_attempts": args.max_attempts,
+        "seed": args.seed,
+        "constrained": not args.no_constrain,
+        "workers": args.workers,
+        "gpus_per_worker": args.gpus_per_worker,
+        "cpus_per_worker": args.cpus_per_worker,
+        "batch_size": args.batch_size,
+        "flush_interval_s": args.flush_interval,
+        "lease_timeout_s": args.lease_timeout,
+        "chunk_windows": args.chunk_windows,
+    }
+    if settings["model"] is None and args.engine == "vllm":
+        from sigray.models import default_model
+
+        settings["model"] = default_model()
+    elif settings["model"] is None:
+        settings["model"] = ""
+    return settings
+
+
+def _ray_options(args) -> dict:
+    options = {}
+    if args.num_cpus is not None:
+        options["num_cpus"] = args.num_cpus
+    if args.num_gpus is not None:
+        options["num_gpus"] = args.num_gpus
+    return options
+
+
+def _remove_store(path: str) -> None:
+    """--new: delete an existing sigray store (and only a sigray store)."""
+    if not os.path.exists(path):
+        return
+    from sigray.store import RunStore
+
+    RunStore.open(path, read_only=True)  # raises StoreError if it is not a sigray store
+    shutil.rmtree(path)
+
+
+def _print_result(result) -> None:
+    from sigray.report import anomalies_frame
+
+    print(
+        f"{result.total_windows} windows: {result.computed_windows} computed now, "
+        f"{result.resumed_windows} resumed from the store, {result.failed_windows} failed; "
+        f"{result.retries} retries; {result.elapsed_s:.1f} s. Store: {result.store}"
+    )
+    table = anomalies_frame(result.anomalies)
+    print(table.to_string(index=False) if len(table) else "no anomalies found.")
+    for name, signal in result.signals.items():
+        if signal.failed_windows:
+            print(
+                f"{name}: {len(signal.failed_windows)} window(s) failed and were left out: {signal.failed_windows[:10]}"
+            )
+
+
+def _result_json(result) -> dict:
+    return {
+        "store": result.store,
+        "windows": result.total_windows,
+        "computed": result.computed_windows,
+        "resumed": result.resumed_windows,
+        "failed": result.failed_windows,
+        "retries": result.retries,
+        "elapsed_s": round(result.elapsed_s, 3),
+        "signals": {
+            name: {
+                "anomalies": s.anomalies.to_dict(orient="records"),
+                "failed_windows": s.failed_windows,
+                "windows": s.n_windows,
+            }
+            for name, s in result.signals.items()
+        },
+    }
+
+
+class _ProgressPrinter:
+    """A bar on a terminal; a log line every few seconds otherwise; nothing when quiet."""
+
+    def __init__(self, quiet: bool, every_s: float = 5.0):
+        self.quiet = quiet
+        self.every_s = every_s
+        self.last = 0.0
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if self.quiet:
+            return
+        if sys.stderr.isatty():
+            self._bar(p)
+        elif time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            left = p.total - p.done - p.failed
+            eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
+            print(
+                f"progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight, "
+                f"{p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _bar(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, unit="win", desc="windows", initial=p.done + p.failed)
+        self.bar.n = p.done + p.failed
+        self.bar.set_postfix(failed=p.failed, retries=p.retries, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# -- status / results ---------------------------------------------------------------
+
+
+def cmd_status(args) -> int:
+    from sigray.report import store_status
+
+    status = store_status(args.store)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    state = "running" if status["running"] else "not running"
+    print(f"{status['store']}: {status['pipeline']} on {status['model']} ({state})")
+    print(f"  {status['done']} done, {status['failed']} failed, {status['pending']} pending of {status['windows']}")
+    for s in status["signals"]:
+        print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed")
+    print(f"  answers per window: {status['attempts_histogram']}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    from sigray.report import anomalies_frame, store_results
+
+    table = anomalies_frame(store_results(args.store))
+    if args.format == "json":
+        print(table.to_json(orient="records"))
+    else:
+        print(table.to_csv(index=False), end="")
+    return 0
+
+
+# -- parsing ------------------------------------------------------------------
+
+
+def _key_values(items: list[str]) -> dict:
+    """``key=value`` pairs; values are parsed as JSON when they can be."""
+    parsed = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"sigray: error: expected key=value, got {item!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value
+    return parsed
+
+
+def _pipeline_params(items: list[str]) -> dict:
+    """``block#1.param=value`` into sigllm's ``{"block#1": {"param": value}}``."""
+    params: dict[str, dict] = {}
+    for key, value in _key_values(items).items():
+        block, _, name = key.rpartition(".")
+        if not block:
+            raise SystemExit(f"sigray: error: --param needs block.param=value, got {key!r}")
+        params.setdefault(block, {})[name] = value
+    return params
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sigray", description=__doc__)
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run or resume a SigLLM pipeline over signals")
+    run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns")
+    run.add_argument("--store", required=True, help="the run's Zarr store directory")
+    run.add_argument("--pipeline", default="mistral_detector", help="sigllm pipeline name or JSON file")
+    run.add_argument("--model", default=None, help="model dir, .gguf file, HF id, or 'smollm2' (default per machine)")
+    run.add_argument("--engine", default="vllm", help="vllm, test-double, or package.module:Class")
+    run.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="engine setting (repeatable)")
+    run.add_argument("--param", action="append", metavar="BLOCK.PARAM=VALUE", help="pipeline hyperparameter")
+    run.add_argument("--workers", type=int, default=1)
+    run.add_argument("--gpus-per-worker", type=float, default=None)
+    run.add_argument("--cpus-per-worker", type=float, default=1.0)
+    run.add_argument("--batch-size", type=int, default=64, help="windows per request to a worker")
+    run.add_argument("--max-attempts", type=int, default=3, help="answers a window may get before it fails")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--flush-interval", type=float, default=5.0, help="seconds between store flushes")
+    run.add_argument("--lease-timeout", type=float, default=900.0, help="seconds before a batch is reassigned")
+    run.add_argument("--chunk-windows", type=int, default=4096, help="windows per store chunk (new stores)")
+    run.add_argument("--no-constrain", action="store_true", help="no regex constraint on answers")
+    run.add_argument("--deadline", type=float, default=None, help="stop gracefully after this many seconds")
+    run.add_argument("--new", action="store_true", help="delete an existing store at --store first")
+    run.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray cluster")
+    run.add_argument("--num-gpus", type=float, default=None, help="GPUs of a local Ray cluster")
+    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.set_defaults(command=cmd_run)
+
+    status = sub.add_parser("status", help="a run's progress, read from its store")
+    status.add_argument("store")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(command=cmd_status)
+
+    results = sub.add_parser("results", help="a finished run's anomalies")
+    results.add_argument("store")
+    results.add_argument("--format", choices=["csv", "json"], default="csv")
+    results.set_defaults(command=cmd_results)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""One frozen configuration per run, and the fingerprint that names its results.
+
+Fields that change results (pipeline, its parameters, model, engine, sampling seed,
+retry budget, the signals themselves, the store format) go into ``identity()``;
+fields that only change speed (workers, batch size, flush policy) do not, so a run
+may be resumed with more workers or another flush interval.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from sigray.errors import ConfigError
+
+STORE_FORMAT_VERSION = 1
+
+# Engine options that only change speed or memory, never the answers.
+_PERFORMANCE_ONLY_ENGINE_OPTIONS = frozenset(
+    {"gpu_memory_utilization", "kv_cache_space_gb", "max_num_seqs", "swap_space", "delay_s"}
+)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs besides its signals.
+
+    Attributes:
+        store: where the run's Zarr store lives (a local directory; one store per run).
+        pipeline: a sigllm pipeline name, e.g. ``mistral_detector``.
+        pipeline_params: hyperparameter overrides in mlblocks form,
+            ``{"block#1": {"param": value}}``, applied on top of sigllm's pipeline JSON.
+        model: what the engine loads: a local directory, a ``.gguf`` file, the packaged
+            ``smollm2``, or a HF hub id.
+        engine: ``vllm``, ``test-double`` (deterministic, for tests) or ``module:Class``.
+        engine_options: keyword arguments for the engine (e.g. ``max_model_len``).
+        max_attempts: retry budget: how many answers a window may get before it is
+            marked failed (invalid answers count; lost workers do not).
+        seed: base seed; window ``w`` at attempt ``a`` always samples with the same seed.
+        constrained: give vLLM the pipeline's regex so answers are well-formed by construction.
+        workers: engine workers (Ray actors) to start.
+        gpus_per_worker: GPUs each worker reserves; ``None`` = 1 when the cluster has GPUs, else 0.
+        cpus_per_worker: CPUs each worker reserves in Ray.
+        batch_size: windows handed to a worker per call.
+        flush_interval_s: write-behind period; a crash loses at most this much work.
+        lease_timeout_s: a batch not answered within this time goes back to the queue.
+        store_lease_s: how long the store's write lease lasts without renewal; another
+            host may take over a run whose coordinator vanished after this long.
+        chunk_windows: windows per Zarr chunk (fixed when the store is created).
+    """
+
+    store: str
+    pipeline: str = "mistral_detector"
+    pipeline_params: dict = field(default_factory=dict)
+    model: str = "smollm2"
+    engine: str = "vllm"
+    engine_options: dict = field(default_factory=dict)
+    max_attempts: int = 3
+    seed: int = 0
+    constrained: bool = True
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    batch_size: int = 64
+    flush_interval_s: float = 5.0
+    lease_timeout_s: float = 900.0
+    store_lease_s: float = 60.0
+    chunk_windows: int = 4096
+
+    def __post_init__(self) -> None:
+        checks = {
+            "max_attempts": 1 <= self.max_attempts <= 255,
+            "workers": self.workers >= 1,
+            "batch_size": self.batch_size >= 1,
+            "flush_interval_s": self.flush_interval_s > 0,
+            "lease_timeout_s": self.lease_timeout_s > 0,
+            "store_lease_s": self.store_lease_s > self.flush_interval_s,
+            "cpus_per_worker": self.cpus_per_worker >= 0,
+            "chunk_windows": self.chunk_windows >= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(f"invalid run configuration: {values}.")
+        if not self.store:
+            raise ConfigError("a store path is required.")
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def identity(self, pipeline_spec: dict, signal_digests: dict[str, str]) -> dict:
+        """What the results depend on, as plain JSON: stored in the store and compared on reopen."""
+        engine_options = {
+            k: v for k, v in sorted(self.engine_options.items()) if k not in _PERFORMANCE_ONLY_ENGINE_OPTIONS
+        }
+        return {
+            "store_format_version": STORE_FORMAT_VERSION,
+            "pipeline": self.pipeline,
+            "pipeline_spec": pipeline_spec,
+            "model": self.model,
+            "engine": self.engine,
+            "engine_options": engine_options,
+            "max_attempts": self.max_attempts,
+            "seed": self.seed,
+            "constrained": self.constrained,
+            "signals": dict(sorted(signal_digests.items())),
+        }
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def fingerprint(identity: dict) -> str:
+    """sha256 of the canonical JSON of a run identity."""
+    return hashlib.sha256(canonical_json(identity).encode()).hexdigest()
+
+
+def identity_differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
+    """Human-readable list of the fields that differ between two identities."""
+    diffs = []
+    for key in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(key, "<absent>"), wanted.get(key, "<absent>")
+        path = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            diffs.extend(identity_differences(a, b, prefix=path + "."))
+        elif canonical_json(a) != canonical_json(b):
+            diffs.append(f"{path}: store has {_short(a)}, this run has {_short(b)}")
+    return diffs
+
+
+def _short(value) -> str:
+    text = canonical_json(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -1,0 +1,315 @@
+"""The coordinator: the one owner of a run's window states and the only writer of its store.
+
+It runs as an async Ray actor. Every state change happens on its event loop, between
+awaits, so no lock guards the state; store I/O runs in a thread on snapshot copies.
+
+Invariants:
+- a window is DONE at most once; a later answer for it (a stale or duplicated lease)
+  is ignored;
+- only invalid answers charge a window's retry budget (``attempts``); windows of a lost,
+  hung or restarted worker go back to the queue uncharged, and are retried with the
+  same seed, so their answer does not depend on what failed;
+- a window's seed depends only on (run seed, window, attempt): a resumed run samples
+  exactly what an uninterrupted one would have;
+- flushes are write-behind: accepted answers wait in memory at most one flush interval,
+  so a crash loses at most that much work, and the state rebuilt from the store is
+  exactly what was flushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sigray import lease as store_lease
+from sigray.messages import Batch, BatchReport, Progress
+from sigray.store import DONE, FAILED, PENDING, RunStore, WindowResults
+
+log = logging.getLogger(__name__)
+_SEED_MASK = (1 << 62) - 1
+_RATE_WINDOW_S = 30.0
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    """What the coordinator needs to (re)build itself from the store alone."""
+
+    store_path: str
+    owner: str  # the run's lease owner id; the same across coordinator restarts
+    lease_ttl_s: float
+    batch_size: int
+    max_attempts: int
+    seed: int
+    n_samples: int
+    flush_interval_s: float
+    lease_timeout_s: float
+
+
+@dataclass
+class _Lease:
+    worker_id: str
+    windows: np.ndarray
+    deadline: float
+
+
+class Coordinator:
+    """Hands out batches of windows, takes validated answers back, flushes them to the store."""
+
+    def __init__(self, settings: CoordinatorSettings):
+        self.settings = settings
+        self.store = RunStore.open(settings.store_path)
+        self.lease = store_lease.acquire(settings.store_path, settings.owner, settings.lease_ttl_s)
+        self.status, self.attempts = self.store.read_state()
+        self.status = self.status.copy()
+        self.attempts = self.attempts.copy()
+        self.prompts = self.store.read_prompts()
+        n = len(self.status)
+        self.lease_of = np.full(n, -1, dtype=np.int64)
+        self.queued = self.status == PENDING
+        self.queue = collections.deque(np.flatnonzero(self.queued).tolist())
+        self.leases: dict[int, _Lease] = {}
+        self.next_lease_id = 1
+        self.done = int(np.count_nonzero(self.status == DONE))
+        self.failed = int(np.count_nonzero(self.status == FAILED))
+        self.retries = 0
+        self.requeued = 0
+        self.resumed_done = self.done
+        self.completions: collections.deque[tuple[float, int]] = collections.deque()
+        self.timed_out_workers: list[str] = []
+        self.fatal: str | None = None
+        self.stopping = False
+        self._reset_buffer()
+        self._work_available = asyncio.Event()
+        self._finished = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._flusher: asyncio.Task | None = None
+        self._update_events()
+        log.info("coordinator ready: %d windows, %d done, %d failed", n, self.done, self.failed)
+
+    # -- workers ------------------------------------------------------------
+
+    async def lease_batch(self, worker_id: str) -> Batch | None:
+        """The next batch for ``worker_id``, waiting while others hold the last windows.
+
+        Returns None when the run is finished or stopping: the worker should exit.
+        """
+        self._ensure_flusher()
+        while True:
+            if self._finished.is_set() or self.stopping or self.fatal:
+                return None
+            windows = self._take(self.settings.batch_size)
+            if windows.size:
+                return self._lease(worker_id, windows)
+            self._work_available.clear()
+            await self._work_available.wait()
+
+    async def report(self, report: BatchReport) -> None:
+        """Record a batch's verdicts (see the module invariants)."""
+        held = self.leases.pop(report.lease_id, None)
+        if held is not None:
+            self.lease_of[held.windows] = -1
+        accepted = []
+        for i, w in enumerate(report.windows.tolist()):
+            if self.status[w] != PENDING:
+                continue
+            if report.answers[i] is not None:
+                accepted.append(i)
+                self._settle(w, DONE)
+            elif held is not None:
+                self.attempts[w] += 1
+                self._dirty_attempts.add(w // self._chunk)
+                if self.attempts[w] >= self.settings.max_attempts:
+                    self._settle(w, FAILED)
+                    log.info("window %d failed after %d invalid answers: %s", w, self.attempts[w], report.reasons[i])
+                else:
+                    self.retries += 1
+                    self._requeue(w)
+        if accepted:
+            rows = np.asarray(accepted)
+            windows = report.windows[rows]
+            self.attempts[windows] += 1
+            self._dirty_attempts.update((windows // self._chunk).tolist())
+            self._buffer_windows.append(windows)
+            self._buffer_answers.extend(report.answers[i] for i in accepted)
+            self._buffer_values.append(report.values[rows])
+            self.completions.append((time.monotonic(), len(accepted)))
+        if held is not None:
+            # windows of this lease that got no verdict (none today) must not be stranded
+            for w in held.windows[self.status[held.windows] == PENDING].tolist():
+                self._requeue(w)
+        self._update_events()
+
+    async def worker_lost(self, worker_id: str) -> int:
+        """Requeue, uncharged, every window leased to ``worker_id``; returns how many."""
+        lost = [lease_id for lease_id, held in self.leases.items() if held.worker_id == worker_id]
+        count = 0
+        for lease_id in lost:
+            held = self.leases.pop(lease_id)
+            self.lease_of[held.windows] = -1
+            for w in held.windows.tolist():
+                if self.status[w] == PENDING:
+                    self._requeue(w)
+                    count += 1
+        self.requeued += count
+        self._update_events()
+        return count
+
+    # -- the driver ---------------------------------------------------------
+
+    async def progress(self) -> Progress:
+        now = time.monotonic()
+        while self.completions and self.completions[0][0] < now - _RATE_WINDOW_S:
+            self.completions.popleft()
+        recent = sum(k for _, k in self.completions)
+        span = max(1.0, min(_RATE_WINDOW_S, now - self.completions[0][0])) if self.completions else 1.0
+        return Progress(
+            total=len(self.status),
+            done=self.done,
+            failed=self.failed,
+            in_flight=int(sum(len(h.windows) for h in self.leases.values())),
+            retries=self.retries,
+            requeued=self.requeued,
+            windows_per_s=recent / span,
+            finished=self._finished.is_set(),
+        )
+
+    async def health(self) -> tuple[str | None, list[str]]:
+        """(fatal error or None, workers whose lease timed out since the last call)."""
+        timed_out, self.timed_out_workers = self.timed_out_workers, []
+        return self.fatal, timed_out
+
+    async def wait_finished(self) -> Progress:
+        """Wait until every window is done or failed, flush, and report."""
+        self._ensure_flusher()
+        await self._finished.wait()
+        await self.flush()
+        if self._flusher is not None:
+            self._flusher.cancel()
+        return await self.progress()
+
+    async def stop(self) -> Progress:
+        """Stop handing out work (a SIGTERM, a deadline) and flush what was accepted."""
+        self.stopping = True
+        self._work_available.set()
+        await self.flush()
+        return await self.progress()
+
+    async def flush(self) -> None:
+        """Write accepted answers and changed states to the store, whole chunks at a time."""
+        async with self._flush_lock:
+            if self.fatal:
+                return
+            results, status, attempts = self._snapshot()
+            try:
+                if results.windows.size or status or attempts:
+                    await asyncio.to_thread(self.store.flush, results, status, attempts)
+                self.lease = await asyncio.to_thread(
+                    store_lease.renew, self.settings.store_path, self.lease, self.settings.lease_ttl_s
+                )
+            except Exception as exc:  # disk full, lost lease, damaged store: stop the run cleanly
+                self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
+                log.error(self.fatal)
+                self._work_available.set()
+
+    # -- internals ----------------------------------------------------------
+
+    @property
+    def _chunk(self) -> int:
+        return self.store.layout.chunk_windows
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while not self._finished.is_set():
+            await asyncio.sleep(self.settings.flush_interval_s)
+            self._expire_leases()
+            await self.flush()
+
+    def _expire_leases(self) -> None:
+        now = time.monotonic()
+        for lease_id in [i for i, h in self.leases.items() if h.deadline < now]:
+            worker_id = self.leases[lease_id].worker_id
+            self.timed_out_workers.append(worker_id)
+            log.warning("lease %d of worker %s timed out; its windows go back to the queue", lease_id, worker_id)
+            held = self.leases.pop(lease_id)
+            self.lease_of[held.windows] = -1
+            for w in held.windows[self.status[held.windows] == PENDING].tolist():
+                self._requeue(w)
+                self.requeued += 1
+        self._update_events()
+
+    def _take(self, k: int) -> np.ndarray:
+        taken = []
+        while self.queue and len(taken) < k:
+            w = self.queue.popleft()
+            self.queued[w] = False
+            if self.status[w] == PENDING and self.lease_of[w] < 0:
+                taken.append(w)
+        return np.asarray(taken, dtype=np.int64)
+
+    def _lease(self, worker_id: str, windows: np.ndarray) -> Batch:
+        lease_id = self.next_lease_id
+        self.next_lease_id += 1
+        self.lease_of[windows] = lease_id
+        self.leases[lease_id] = _Lease(worker_id, windows, time.monotonic() + self.settings.lease_timeout_s)
+        return Batch(
+            lease_id=lease_id,
+            windows=windows,
+            prompts=[self.prompts[w] for w in windows.tolist()],
+            seeds=[self.seed_for(w, int(self.attempts[w])) for w in windows.tolist()],
+        )
+
+    def seed_for(self, window: int, attempt: int) -> int:
+        """Seeds spaced by n_samples: vLLM samples k of a request with seed + k."""
+        n = len(self.status)
+        index = self.settings.seed * 1_000_003 * 256 * n + attempt * n + window
+        return (index * self.settings.n_samples) & _SEED_MASK
+
+    def _requeue(self, w: int) -> None:
+        if not self.queued[w]:
+            self.queued[w] = True
+            self.queue.append(w)
+
+    def _settle(self, w: int, state: int) -> None:
+        self.status[w] = state
+        self._dirty_status.add(w // self._chunk)
+        if state == DONE:
+            self.done += 1
+        else:
+            self.failed += 1
+
+    def _update_events(self) -> None:
+        if self.done + self.failed == len(self.status):
+            self._finished.set()
+            self._work_available.set()
+        elif self.queue:
+            self._work_available.set()
+
+    def _reset_buffer(self) -> None:
+        self._buffer_windows: list[np.ndarray] = []
+        self._buffer_answers: list[list[str]] = []
+        self._buffer_values: list[np.ndarray] = []
+        self._dirty_status: set[int] = set()
+        self._dirty_attempts: set[int] = set()
+
+    def _snapshot(self) -> tuple[WindowResults, dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """Copies of everything to flush, taken atomically on the event loop."""
+        layout = self.store.layout
+        if self._buffer_windows:
+            windows = np.concatenate(self._buffer_windows)
+            values = np.concatenate(self._buffer_values).astype(np.float32)
+        else:
+            windows = np.zeros(0, dtype=np.int64)
+            values = np.zeros((0, layout.n_samples, layout.horizon), dtype=np.float32)
+        results = WindowResults(windows=windows, answers=self._buffer_answers, values=values)
+        status = {c: self.status[layout.chunk_slice(c)].copy() for c in self._dirty_status}
+        attempts = {c: self.attempts[layout.chunk_slice(c)].copy() for c in self._dirty_attempts}
+        self._reset_buffer()
+        return results, status, attempts

@@ -1,0 +1,71 @@
+"""A deterministic stand-in for an LLM, for tests and benchmarks. It is a test double.
+
+It answers a detector prompt (``sep``-separated integers) with a plausible forecast:
+the last value plus seeded noise, so post-processing finds real anomalies on real
+signals. Answers depend only on (prompt, seed), never on batching, so a resumed run
+must reproduce an uninterrupted one bit for bit.
+
+Knobs for fault tests: ``garbage_rate`` turns that fraction of (prompt, seed) pairs into
+malformed answers; ``delay_s`` makes each batch take that long; ``log_path`` appends one
+line per generated prompt (``<sha1 of prompt> <seed>``) so a test can count windows
+generated twice. Lines are written with O_APPEND, whole, from any number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import numpy as np
+
+from sigray.engines.base import Sampling
+
+
+class TestDoubleEngine:
+    """Deterministic fake LLM (a test double), configured through engine options."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        model: str = "",
+        steps: int = 5,
+        sep: str = ",",
+        noise: float = 0.05,
+        garbage_rate: float = 0.0,
+        delay_s: float = 0.0,
+        log_path: str | None = None,
+    ):
+        self.steps = steps
+        self.sep = sep
+        self.noise = noise
+        self.garbage_rate = garbage_rate
+        self.delay_s = delay_s
+        self.log_path = log_path
+
+    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[str]]:
+        if self.delay_s:
+            time.sleep(self.delay_s)  # stands for GPU time
+        texts = [[self._answer(p, seed + k) for k in range(sampling.n)] for p, seed in zip(prompts, seeds)]
+        if self.log_path and prompts:
+            lines = "".join(f"{_digest(p)} {seed}\n" for p, seed in zip(prompts, seeds))
+            fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, lines.encode())
+            finally:
+                os.close(fd)
+        return texts
+
+    def _answer(self, prompt: str, seed: int) -> str:
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, int(_digest(prompt)[:8], 16)])
+        if rng.random() < self.garbage_rate:
+            return rng.choice(["", "I cannot forecast this series.", self.sep * 3, "12 apples"])
+        tail = [int(v) for v in prompt.rsplit(self.sep, 8)[1:] if v.strip().isdigit()] or [0]
+        level = float(np.median(tail))
+        forecast = np.maximum(0, np.round(level * (1 + self.noise * rng.standard_normal(self.steps))))
+        return "".join(f"{self.sep}{int(v)}" for v in forecast)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()

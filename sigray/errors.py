@@ -1,0 +1,29 @@
+"""Errors a user can meet. Each message names the thing at fault and what to do."""
+
+
+class SigrayError(Exception):
+    """Base of every error sigray raises on purpose."""
+
+
+class InputError(SigrayError):
+    """A signal file or frame cannot be used (missing, wrong columns, NaN, too short...)."""
+
+
+class ConfigError(SigrayError):
+    """A run configuration is invalid (unknown pipeline, bad parameter...)."""
+
+
+class ModelNotFoundError(SigrayError):
+    """The model named in the configuration cannot be found or loaded."""
+
+
+class StoreError(SigrayError):
+    """The store cannot be used (corrupt, another format, unwritable...)."""
+
+
+class ConfigMismatchError(StoreError):
+    """The store was written by a run with another configuration."""
+
+
+class StoreLockedError(StoreError):
+    """Another live coordinator holds the store's lease."""

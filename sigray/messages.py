@@ -1,0 +1,54 @@
+"""What crosses process boundaries between the coordinator, workers and the driver.
+
+Plain arrays, strings and frozen dataclasses only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Windows leased to one worker. ``seeds[i]`` seeds window ``windows[i]`` at this attempt."""
+
+    lease_id: int
+    windows: np.ndarray  # int64 window ids
+    prompts: list[str]
+    seeds: list[int]
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """A worker's verdict on every window of one batch.
+
+    ``answers[i]`` holds the sampled texts when window ``windows[i]`` passed validation,
+    else ``None`` and ``reasons[i]`` says why; ``values[i]`` are its parsed values.
+    """
+
+    lease_id: int
+    worker_id: str
+    windows: np.ndarray
+    answers: list[list[str] | None]
+    values: np.ndarray  # float32 [k, n_samples, horizon], NaN where invalid
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of a run, for progress bars and ``sigray status``."""
+
+    total: int
+    done: int
+    failed: int
+    in_flight: int
+    retries: int
+    requeued: int
+    windows_per_s: float
+    finished: bool
+
+    @property
+    def pending(self) -> int:
+        return self.total - self.done - self.failed - self.in_flight

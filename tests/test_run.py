@@ -1,0 +1,93 @@
+"""Whole runs on a real local Ray cluster and a real Zarr store, with the test-double engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import sigray
+from sigray.report import store_results, store_status
+from sigray.store import DONE, FAILED, RunStore
+
+FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 16, "chunk_windows": 32}
+
+
+def test_a_run_finds_the_anomaly_and_saves_everything(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    result = sigray.run([cpu_signal], store, workers=2, **FAST)
+    anomalies = result.anomalies["cpu_utilization_asg_misconfiguration"]
+    assert list(anomalies.columns) == ["start", "end", "severity"]
+    assert len(anomalies) >= 1
+    assert result.computed_windows == result.total_windows == 111
+    status, attempts = RunStore.open(store).read_state()
+    assert (status == DONE).all() and (attempts == 1).all()
+    saved = store_results(store)["cpu_utilization_asg_misconfiguration"]
+    pd.testing.assert_frame_equal(saved, anomalies.reset_index(drop=True), check_dtype=False)
+
+
+def test_rerunning_a_finished_run_computes_nothing_and_returns_the_same_anomalies(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    first = sigray.run([cpu_signal], store, **FAST)
+    again = sigray.run([cpu_signal], store, **FAST)
+    assert again.computed_windows == 0 and again.resumed_windows == 111
+    name = "cpu_utilization_asg_misconfiguration"
+    pd.testing.assert_frame_equal(first.anomalies[name], again.anomalies[name])
+
+
+def test_malformed_answers_are_retried_then_failed_and_the_run_still_finishes(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    result = sigray.run([cpu_signal], store, max_attempts=2, engine_options={"garbage_rate": 0.4}, **FAST)
+    status, attempts = RunStore.open(store).read_state()
+    failed = np.flatnonzero(status == FAILED)
+    assert result.retries > 0 and len(failed) > 0
+    assert (attempts[failed] == 2).all()
+    assert (attempts[status == DONE] >= 1).all() and (attempts <= 2).all()
+    signal = result.signals["cpu_utilization_asg_misconfiguration"]
+    assert sorted(signal.failed_windows) == failed.tolist()
+    assert store_status(store)["failed"] == len(failed)
+
+
+def test_the_same_settings_give_the_same_anomalies_with_any_number_of_workers(ray_session, cpu_signal, tmp_path):
+    one = sigray.run([cpu_signal], str(tmp_path / "one"), workers=1, **FAST)
+    two = sigray.run([cpu_signal], str(tmp_path / "two"), workers=2, **{**FAST, "batch_size": 5})
+    name = "cpu_utilization_asg_misconfiguration"
+    pd.testing.assert_frame_equal(one.anomalies[name], two.anomalies[name])
+    a = RunStore.open(str(tmp_path / "one")).read_answers()
+    b = RunStore.open(str(tmp_path / "two")).read_answers()
+    assert (a == b).all()
+
+
+def test_another_configuration_on_an_existing_store_is_refused_naming_the_difference(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    sigray.run([cpu_signal], store, **FAST)
+    before = RunStore.open(store).read_answers()
+    with pytest.raises(sigray.ConfigMismatchError, match="seed: store has 0, this run has 5"):
+        sigray.run([cpu_signal], store, seed=5, **FAST)
+    with pytest.raises(sigray.ConfigMismatchError, match="window_size"):
+        sigray.run(
+            [cpu_signal],
+            store,
+            pipeline_params={
+                "mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1": {"window_size": 100}
+            },
+            **FAST,
+        )
+    assert (RunStore.open(store).read_answers() == before).all()
+
+
+def test_speed_settings_may_change_between_resumes(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    sigray.run([cpu_signal], store, **FAST)
+    again = sigray.run([cpu_signal], store, **{**FAST, "batch_size": 3, "flush_interval_s": 2.0, "workers": 2})
+    assert again.computed_windows == 0
+
+
+def test_a_store_held_by_a_live_run_is_refused(ray_session, cpu_signal, tmp_path):
+    from sigray import lease
+
+    store = str(tmp_path / "run")
+    sigray.run([cpu_signal], store, **FAST)
+    lease.acquire(store, "someone-else", ttl_s=60)  # held by this (live) process
+    with pytest.raises(sigray.StoreLockedError, match="in use by another run"):
+        sigray.run([cpu_signal], store, **FAST)

@@ -63,7 +63,9 @@ class Coordinator:
     def __init__(self, settings: CoordinatorSettings):
         self.settings = settings
         self.store = RunStore.open(settings.store_path)
-        self.lease = store_lease.acquire(settings.store_path, settings.owner, settings.lease_ttl_s)
+        self.lease = store_lease.acquire(
+            settings.store_path, settings.owner, settings.lease_ttl_s, settings.flush_interval_s
+        )
         self.status, self.attempts = self.store.read_state()
         self.status = self.status.copy()
         self.attempts = self.attempts.copy()
@@ -206,12 +208,13 @@ class Coordinator:
                 return
             results, status, attempts = self._snapshot()
             try:
-                if results.windows.size or status or attempts:
-                    await asyncio.to_thread(self.store.flush, results, status, attempts)
+                # Renewing first checks we still own the store (fencing) before writing.
                 self.lease = await asyncio.to_thread(
                     store_lease.renew, self.settings.store_path, self.lease, self.settings.lease_ttl_s
                 )
-            except Exception as exc:  # disk full, lost lease, damaged store: stop the run cleanly
+                if results.windows.size or status or attempts:
+                    await asyncio.to_thread(self.store.flush, results, status, attempts)
+            except Exception as exc:  # noqa: BLE001 - disk full, lost lease, damaged store: stop cleanly
                 self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
                 log.error(self.fatal)
                 self._work_available.set()

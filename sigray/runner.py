@@ -104,7 +104,7 @@ def execute(
         config.store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, config.to_json()
     )
     owner = uuid.uuid4().hex
-    store_lease.acquire(config.store, owner, config.store_lease_s)
+    store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
     try:
         status, _ = store.read_state()
         result = RunResult(store=config.store, total_windows=len(status))

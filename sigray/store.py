@@ -236,7 +236,7 @@ class RunStore:
     def _read(self, name: str, where: slice = slice(None)) -> np.ndarray:
         try:
             return np.asarray(self.group[name][where])
-        except Exception as exc:  # zarr raises codec-specific errors for damaged chunks
+        except Exception as exc:  # noqa: BLE001 - zarr raises codec-specific errors for damaged chunks
             raise StoreError(f"store {self.path}: cannot read '{name}' ({type(exc).__name__}: {exc}).") from None
 
     # -- writing (coordinator only) ----------------------------------------

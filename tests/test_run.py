@@ -88,6 +88,6 @@ def test_a_store_held_by_a_live_run_is_refused(ray_session, cpu_signal, tmp_path
 
     store = str(tmp_path / "run")
     sigray.run([cpu_signal], store, **FAST)
-    lease.acquire(store, "someone-else", ttl_s=60)  # held by this (live) process
+    lease.acquire(store, "someone-else", ttl_s=60, renew_every_s=1)  # held by this (live) process
     with pytest.raises(sigray.StoreLockedError, match="in use by another run"):
         sigray.run([cpu_signal], store, **FAST)

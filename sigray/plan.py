@@ -12,7 +12,7 @@ from sigray.config import RunConfig, fingerprint
 from sigray.engines import Sampling
 from sigray.errors import InputError
 from sigray.pipelines.answers import ForecastAnswers
-from sigray.pipelines.sigllm_pipeline import SignalPlan, SigllmPipeline
+from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, load_signals
 from sigray.store import SignalRange, StoreLayout
 

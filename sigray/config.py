@@ -19,7 +19,15 @@ STORE_FORMAT_VERSION = 1
 
 # Engine options that only change speed or memory, never the answers.
 _PERFORMANCE_ONLY_ENGINE_OPTIONS = frozenset(
-    {"gpu_memory_utilization", "kv_cache_space_gb", "max_num_seqs", "swap_space", "delay_s", "log_path"}
+    {
+        "gpu_memory_utilization",
+        "kv_cache_space_gb",
+        "max_num_seqs",
+        "swap_space",
+        "delay_s",
+        "log_path",
+        "sigkill_once_path",
+    }
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -91,3 +93,16 @@ def test_a_store_held_by_a_live_run_is_refused(ray_session, cpu_signal, tmp_path
     lease.acquire(store, "someone-else", ttl_s=60, renew_every_s=1)  # held by this (live) process
     with pytest.raises(sigray.StoreLockedError, match="in use by another run"):
         sigray.run([cpu_signal], store, **FAST)
+
+
+def test_a_sigkilled_worker_is_replaced_and_its_windows_are_requeued_uncharged(ray_session, cpu_signal, tmp_path):
+    store, marker = str(tmp_path / "run"), str(tmp_path / "killed")
+    options = {"sigkill_once_path": marker, "delay_s": 0.05}
+    result = sigray.run([cpu_signal], store, workers=2, engine_options=options, **{**FAST, "batch_size": 4})
+    assert os.path.exists(marker), "no worker was killed"
+    assert result.workers_replaced >= 1 and result.requeued >= 1
+    status, attempts = RunStore.open(store).read_state()
+    assert (status == DONE).all() and (attempts == 1).all()
+    reference = sigray.run([cpu_signal], str(tmp_path / "ref"), **FAST)
+    name = "cpu_utilization_asg_misconfiguration"
+    pd.testing.assert_frame_equal(result.anomalies[name], reference.anomalies[name])

@@ -26,7 +26,7 @@ SERIES_PROMPTS = ["12,15,18,21,24", "100,98,97,95,94,92", "5,5,5,5,5,5,5,5", "7,
 FREE = Sampling(n=1, temperature=1.0, max_tokens=12)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def engine(tiny_model):
     engine = VllmEngine(tiny_model)
     yield engine

@@ -9,12 +9,15 @@ Knobs for fault tests: ``garbage_rate`` turns that fraction of (prompt, seed) pa
 malformed answers; ``delay_s`` makes each batch take that long; ``log_path`` appends one
 line per generated prompt (``<sha1 of prompt> <seed>``) so a test can count windows
 generated twice. Lines are written with O_APPEND, whole, from any number of processes.
+``sigkill_once_path``: the first engine to reach its second batch creates that file
+and SIGKILLs its own process (a real worker death, once per run).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import time
 
 import numpy as np
@@ -36,6 +39,7 @@ class TestDoubleEngine:
         garbage_rate: float = 0.0,
         delay_s: float = 0.0,
         log_path: str | None = None,
+        sigkill_once_path: str | None = None,
     ):
         self.steps = steps
         self.sep = sep
@@ -43,8 +47,17 @@ class TestDoubleEngine:
         self.garbage_rate = garbage_rate
         self.delay_s = delay_s
         self.log_path = log_path
+        self.sigkill_once_path = sigkill_once_path
+        self.batches = 0
 
     def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[str]]:
+        self.batches += 1
+        if self.sigkill_once_path and self.batches == 2:
+            try:
+                os.close(os.open(self.sigkill_once_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                os.kill(os.getpid(), signal.SIGKILL)
+            except FileExistsError:
+                pass
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for GPU time
         texts = [[self._answer(p, seed + k) for k in range(sampling.n)] for p, seed in zip(prompts, seeds)]

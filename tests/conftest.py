@@ -13,7 +13,9 @@ import tempfile
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NAB = os.path.join(ROOT, "..", "shared", "data", "nab_orion")
+# The project's shared real signals: $SIGRAY_SHARED_DATA, else ../shared/data beside the checkout.
+SHARED_DATA = os.environ.get("SIGRAY_SHARED_DATA", os.path.join(ROOT, "..", "shared", "data"))
+NAB = os.path.join(SHARED_DATA, "nab_orion")
 BUNDLED = os.path.join(ROOT, "sigray", "data")
 
 

@@ -134,3 +134,39 @@ def test_resume_after_sigkill_recomputes_only_unflushed_windows(ray_session, cpu
     assert len(resumed) >= 1
     pd.testing.assert_frame_equal(resumed, reference.anomalies[name].reset_index(drop=True), check_dtype=False)
     assert (RunStore.open(store).read_answers() == RunStore.open(str(tmp_path / "ref")).read_answers()).all()
+
+
+def test_sigterm_stops_gracefully_with_a_resumable_exit_and_the_rerun_finishes(
+    ray_session, cpu_signal, tmp_path, short_tmp
+):
+    store = str(tmp_path / "run")
+    command = ["run", cpu_signal, "--store", store, *SETTINGS, "--engine-option", f"delay_s={DELAY_S}"]
+    command += ["--num-cpus", "2"]
+    ray_tmp = os.path.join(short_tmp, "term")
+    first = start_cli(command, ray_tmp)
+    try:
+        wait_for_done(store, 20, first)
+        first.send_signal(signal.SIGTERM)
+        output, _ = first.communicate(timeout=120)
+    finally:
+        kill_session(first)
+        reap_orphans(ray_tmp)
+    text = output.decode()
+    assert first.returncode == 75, text[-3000:]
+    done = int(np.count_nonzero(RunStore.open(store).read_state()[0] == DONE))
+    assert f"resumable: {done} of 111 windows done" in text
+    assert 20 <= done < 111
+
+    second = sigray.run([cpu_signal], store, engine="test-double", batch_size=BATCH, flush_interval_s=FLUSH_S)
+    assert second.resumed_windows == done and second.computed_windows == 111 - done
+
+
+def test_a_deadline_stops_the_run_and_a_rerun_resumes(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    settings = {"engine": "test-double", "batch_size": 2, "flush_interval_s": FLUSH_S}
+    stopped = sigray.run([cpu_signal], store, deadline_s=6, engine_options={"delay_s": 0.2}, **settings)
+    assert stopped.stopped and not stopped.signals
+    status, _ = RunStore.open(store).read_state()
+    assert 0 < np.count_nonzero(status == DONE) < 111
+    finished = sigray.run([cpu_signal], store, **settings)
+    assert not finished.stopped and finished.resumed_windows == np.count_nonzero(status == DONE)

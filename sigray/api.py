@@ -42,10 +42,20 @@ def run(
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
     config = RunConfig(store=store, **settings)
+    if config.model is None:
+        config = config.replace(model=_default_model(config.engine))
     engine_class(config.engine)  # an unknown engine fails here, not in a worker
     plan = make_plan(config, list(signals))
     model_path = resolve_engine_model(config)
     return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options)
+
+
+def _default_model(engine: str) -> str:
+    if engine != "vllm":
+        return ""
+    from sigray.models import default_model
+
+    return default_model()
 
 
 def resolve_engine_model(config: RunConfig) -> str:

@@ -85,14 +85,7 @@ def _run_settings(args) -> dict:
         "lease_timeout_s": args.lease_timeout,
         "chunk_windows": args.chunk_windows,
     }
-    settings = {k: v for k, v in settings.items() if v is not None or k in ("model", "gpus_per_worker")}
-    if settings["model"] is None and args.engine == "vllm":
-        from sigray.models import default_model
-
-        settings["model"] = default_model()
-    elif settings["model"] is None:
-        settings["model"] = ""
-    return settings
+    return {k: v for k, v in settings.items() if v is not None}
 
 
 def _ray_options(args) -> dict:

@@ -41,7 +41,8 @@ class RunConfig:
         pipeline_params: hyperparameter overrides in mlblocks form,
             ``{"block#1": {"param": value}}``, applied on top of sigllm's pipeline JSON.
         model: what the engine loads: a local directory, a ``.gguf`` file, the packaged
-            ``smollm2``, or a HF hub id.
+            ``smollm2``, or a HF hub id. ``None``: the machine's default for vLLM
+            (``sigray.models.default_model()``), nothing for other engines.
         engine: ``vllm``, ``test-double`` (deterministic, for tests) or ``module:Class``.
         engine_options: keyword arguments for the engine (e.g. ``max_model_len``).
         max_attempts: retry budget: how many answers a window may get before it is
@@ -62,7 +63,7 @@ class RunConfig:
     store: str
     pipeline: str = "mistral_detector"
     pipeline_params: dict = field(default_factory=dict)
-    model: str = "smollm2"
+    model: str | None = None
     engine: str = "vllm"
     engine_options: dict = field(default_factory=dict)
     max_attempts: int = 3

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -88,6 +89,8 @@ class Coordinator:
         self.stopping = False
         self._reset_buffer()
         self._work_available = asyncio.Event()
+        self._no_leases = asyncio.Event()
+        self._saved = (self.done, self.failed)  # counts as of the last flush
         self._finished = asyncio.Event()
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task | None = None
@@ -196,12 +199,20 @@ class Coordinator:
             self._flusher.cancel()
         return await self.progress()
 
-    async def stop(self) -> Progress:
-        """Stop handing out work (a SIGTERM, a deadline) and flush what was accepted."""
+    async def stop(self, grace_s: float = 20.0) -> Progress:
+        """Stop handing out work (a SIGTERM, a deadline), let leased batches finish for up
+        to ``grace_s``, flush, and report exactly what the store now holds."""
         self.stopping = True
         self._work_available.set()
+        if self.leases:
+            self._no_leases.clear()
+            try:
+                await asyncio.wait_for(self._no_leases.wait(), grace_s)
+            except TimeoutError:
+                log.warning("stopping with %d batches unanswered; they will be redone", len(self.leases))
         await self.flush()
-        return await self.progress()
+        progress = await self.progress()
+        return dataclasses.replace(progress, done=self._saved[0], failed=self._saved[1])
 
     async def flush(self) -> None:
         """Write accepted answers and changed states to the store, whole chunks at a time."""
@@ -292,6 +303,8 @@ class Coordinator:
             self.failed += 1
 
     def _update_events(self) -> None:
+        if not self.leases:
+            self._no_leases.set()
         if self.done + self.failed == len(self.status):
             self._finished.set()
             self._work_available.set()
@@ -317,5 +330,6 @@ class Coordinator:
         results = WindowResults(windows=windows, answers=self._buffer_answers, values=values)
         status = {c: self.status[layout.chunk_slice(c)].copy() for c in self._dirty_status}
         attempts = {c: self.attempts[layout.chunk_slice(c)].copy() for c in self._dirty_attempts}
+        self._saved = (self.done, self.failed)
         self._reset_buffer()
         return results, status, attempts

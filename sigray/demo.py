@@ -48,7 +48,7 @@ def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=
             frame,
             detected.anomalies,
             picture,
-            title=f"{name}: {settings.get('pipeline', 'mistral_detector')} on {settings.get('model')}",
+            title=f"{name}: {settings.get('pipeline', 'mistral_detector')} on {result.model}",
             forecast=detected.forecast,
             forecast_index=detected.forecast_index,
             labels=demo_labels(),

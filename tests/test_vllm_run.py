@@ -14,13 +14,7 @@ pytest.importorskip("vllm")
 import sigray  # noqa: E402
 from sigray.report import store_results  # noqa: E402
 from sigray.store import DONE, FAILED, RunStore  # noqa: E402
-from tests.test_resume_after_kill import (  # noqa: E402
-    kill_session,
-    reap_orphans,
-    start_cli,
-    wait_for_done,
-    wait_until_no_writer,
-)
+from tests.processes import sigkill_mid_run_then_rerun
 
 pytestmark = pytest.mark.vllm
 NAME = "cpu_utilization_asg_misconfiguration"
@@ -68,23 +62,10 @@ def test_a_vllm_run_killed_mid_way_resumes_to_the_uninterrupted_answers(ray_sess
     command += ["--flush-interval", "1", "--chunk-windows", "256", "--num-cpus", "2"]
     ray_tmp = os.path.join(short_tmp, "vkill")
 
-    first = start_cli(command, ray_tmp)
-    try:
-        wait_for_done(store, 200, first)
-    finally:
-        kill_session(first)
-    wait_until_no_writer(store)
-    done_at_kill = int(np.count_nonzero(RunStore.open(store).read_state()[0] == DONE))
-    assert done_at_kill < 1175
-
-    second = start_cli(command, ray_tmp)
-    try:
-        output, _ = second.communicate(timeout=400)
-    finally:
-        kill_session(second)
-        reap_orphans(ray_tmp)
-    assert second.returncode == 0, output.decode()[-3000:]
-    assert f"{done_at_kill} resumed from the store" in output.decode()
+    done_at_kill, output, returncode = sigkill_mid_run_then_rerun(command, store, 200, ray_tmp)
+    assert len(done_at_kill) < 1175
+    assert returncode == 0, output[-3000:]
+    assert f"{len(done_at_kill)} resumed from the store" in output
 
     reference = str(tmp_path / "reference")
     sigray.run([signal], reference, **vllm_settings(tiny_model, chunk_windows=256))

@@ -142,10 +142,7 @@ def _build(path: str) -> None:
         freeze = [python, "-m", "pip", "freeze", "--all"]
     _step("install the runtime packages", [*install, *RUNTIME_REQUIREMENTS])
     _step("install sigllm, orion-ml and ml-stars", [*install, "--no-deps", *STOCK_PACKAGES])
-    _step(
-        "import stock sigllm",
-        [python, "-I", REPLAY_SCRIPT, "--check"],
-    )
+    _step("import stock sigllm and load mistral_detector", [python, "-I", REPLAY_SCRIPT, "--check"])
     frozen = _step("record the versions", freeze)
     with open(os.path.join(path, FREEZE_FILE), "w") as f:
         f.write(frozen)
@@ -207,9 +204,7 @@ def run_stock_pipeline(
         with open(out_json) as f:
             result = json.load(f)
     except (OSError, ValueError):
-        raise RuntimeError(
-            f"stock replay wrote no result (exit {done.returncode}):\n{done.stderr[-3000:]}"
-        ) from None
+        raise RuntimeError(f"stock replay wrote no result (exit {done.returncode}):\n{done.stderr[-3000:]}") from None
     if "error" in result:
         error = result["error"]
         raise StockRunError(error["type"], error["message"], error["traceback"])

@@ -1,0 +1,123 @@
+"""sigray's anomalies equal STOCK sigllm's on the same LLM answers.
+
+Stock sigllm runs in its own pinned environment (numpy<2, pandas<2; built once by
+``ensure_stock_env``), exactly as ``SigLLM(pipeline).detect(load_signal(csv))``, with its
+LLM block replaced by a replay of the answers sigray stored. Equal anomalies then mean
+that sigray's split pipeline, its numpy 2 / pandas 2 stack, its window bookkeeping across
+signals and its store change nothing sigllm computes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+
+import pandas as pd
+import pytest
+
+import sigray
+from sigray.engines.test_double import TestDoubleEngine
+from sigray.pipelines.sigllm_pipeline import SigllmPipeline
+from sigray.signals import load_signal
+from sigray.store import DONE, RunStore
+from sigray.testing.stock_sigllm import (
+    StockEnvError,
+    StockRunError,
+    ensure_stock_env,
+    installed_versions,
+    read_stock_result,
+    run_stock_pipeline,
+)
+from tests.conftest import nab_signal
+
+pytestmark = [pytest.mark.slow, pytest.mark.fidelity]
+
+FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 64, "chunk_windows": 256}
+HOURLY = {"mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1": {"interval": 3600}}
+DYNAMIC_THRESHOLD = {"orion.primitives.timeseries_anomalies.find_anomalies#1": {"fixed_threshold": False}}
+
+# (signals run together in one store, pipeline parameters, anomalies the test double leads to)
+CASES = {
+    # Two signals in one store: answers are read back by each signal's offset.
+    "default-cpu+nyc_taxi": (["cpu_utilization_asg_misconfiguration", "nyc_taxi"], {}, {1, 0}),
+    # 1175 windows, Orion's dynamic threshold (its fmin search) instead of the fixed one.
+    "dynamic-ambient_temperature": (["ambient_temperature_system_failure"], DYNAMIC_THRESHOLD, {2}),
+    # A parameter override reaches stock sigllm as SigLLM(hyperparameters=...).
+    "hourly-art_load_balancer_spikes": (["art_load_balancer_spikes"], HOURLY, {2}),
+}
+
+
+@pytest.fixture(scope="module")
+def stock_env() -> str:
+    """The stock sigllm venv (built on first use, minutes; then reused)."""
+    try:
+        return ensure_stock_env()
+    except StockEnvError as exc:
+        pytest.skip(f"stock sigllm environment cannot be built here (needs PyPI): {exc}")
+
+
+def _digest(prompts: list[str]) -> str:
+    return hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
+
+
+def test_the_stock_env_has_sigllm_on_its_own_pins(stock_env):
+    versions = installed_versions(stock_env)
+    assert versions["sigllm"] == "0.2.0" and versions["orion-ml"] == "0.7.1"
+    assert versions["numpy"].startswith("1.") and versions["pandas"].startswith("1.")
+    assert not {"torch", "tensorflow", "transformers"} & set(versions)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_sigray_anomalies_equal_stock_sigllm_anomalies_on_the_same_answers(ray_session, stock_env, tmp_path, case):
+    names, params, expected_counts = CASES[case]
+    paths = {name: nab_signal(name) for name in names}
+    store_path = str(tmp_path / "run")
+    result = sigray.run(list(paths.values()), store_path, pipeline_params=params, **FAST)
+    store = RunStore.open(store_path)
+    status, _ = store.read_state()
+    assert (status == DONE).all(), "every window must have an answer for stock sigllm to replay"
+    answers, prompts = store.read_answers(), store.read_prompts()
+
+    counts = set()
+    for signal in store.layout.signals:
+        window = slice(signal.offset, signal.offset + signal.n_windows)
+        out = str(tmp_path / f"{signal.name}.stock.json")
+        stock = run_stock_pipeline(
+            stock_env, "mistral_detector", paths[signal.name], answers[window].tolist(), out, hyperparameters=params
+        )
+        replay = read_stock_result(out)
+        # Stock sigllm built the very prompts sigray stored, and asked its LLM once (one fit pass).
+        assert replay["n_prompts"] == signal.n_windows > 0
+        assert replay["prompts_sha256"] == _digest(prompts[window]), f"{signal.name}: stock prompts differ"
+        assert replay["llm_calls"] == 1
+        ours = result.anomalies[signal.name].reset_index(drop=True)
+        pd.testing.assert_frame_equal(ours, stock, check_dtype=False, check_exact=False, rtol=1e-9, atol=0)
+        counts.add(len(stock))
+    assert counts == expected_counts  # the comparison covered real anomalies, not only empty frames
+
+
+def test_an_empty_answer_crashes_stock_sigllm_but_sigray_fails_only_that_window(stock_env, cpu_signal, tmp_path):
+    pipeline = SigllmPipeline("mistral_detector")
+    plan = pipeline.plan(load_signal(cpu_signal))
+    answer_format = pipeline.answer_format([plan])
+    sampling = pipeline.sampling(answer_format, constrained=False)
+    answers = TestDoubleEngine().generate(plan.prompts, sampling, seeds=list(range(plan.n_windows)))
+    bad = 40
+    answers[bad] = [""]
+
+    # Stock sigllm: format_as_integer turns "" into an empty array, the answers stop being
+    # a 3-D block and aggregate_rolling_window's shape unpacking fails; the whole signal is lost.
+    with pytest.raises(StockRunError) as raised:
+        run_stock_pipeline(stock_env, "mistral_detector", cpu_signal, answers, str(tmp_path / "stock.json"))
+    assert raised.value.exc_type == "ValueError"
+    assert raised.value.exc_message == "not enough values to unpack (expected 3, got 2)"
+    assert "aggregate_rolling_window" in raised.value.stock_traceback
+
+    # sigray: the worker's check rejects the answer (so it is retried), and a window that
+    # never gets a valid answer is dropped with its target; the signal still finishes.
+    assert answer_format.check("").reason == "empty answer"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
+    assert detection.failed_windows == [bad]
+    assert list(detection.anomalies.columns) == ["start", "end", "severity"]

@@ -190,7 +190,9 @@ def cmd_demo(args) -> int:
     if args.new:
         _remove_store(args.store)
     progress = _ProgressPrinter(quiet=args.quiet or args.json)
-    outcome = run_demo(args.store, args.out, max_rows=args.max_rows, on_progress=progress, **settings)
+    outcome = run_demo(
+        args.store, args.out, max_rows=args.max_rows, on_progress=progress, ray_options=_ray_options(args), **settings
+    )
     progress.close()
     result = outcome.result
     if result.stopped:

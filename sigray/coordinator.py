@@ -33,7 +33,6 @@ from sigray.store import DONE, FAILED, PENDING, RunStore, WindowResults
 
 log = logging.getLogger(__name__)
 _SEED_MASK = (1 << 62) - 1
-_RATE_WINDOW_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -81,8 +80,7 @@ class Coordinator:
         self.failed = int(np.count_nonzero(self.status == FAILED))
         self.retries = 0
         self.requeued = 0
-        self.resumed_done = self.done
-        self.completions: collections.deque[tuple[float, int]] = collections.deque()
+        self.resumed_settled = self.done + self.failed
         self.timed_out_workers: list[str] = []
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
         self.fatal: str | None = None
@@ -143,7 +141,6 @@ class Coordinator:
             self._buffer_windows.append(windows)
             self._buffer_answers.extend(report.answers[i] for i in accepted)
             self._buffer_values.append(report.values[rows])
-            self.completions.append((time.monotonic(), len(accepted)))
         if held is not None:
             # windows of this lease that got no verdict (none today) must not be stranded
             for w in held.windows[self.status[held.windows] == PENDING].tolist():
@@ -169,11 +166,9 @@ class Coordinator:
 
     async def progress(self) -> Progress:
         now = time.monotonic()
-        while self.completions and self.completions[0][0] < now - _RATE_WINDOW_S:
-            self.completions.popleft()
-        recent = sum(k for _, k in self.completions)
-        since = now - (self.first_lease_at or now)
-        span = max(1.0, min(_RATE_WINDOW_S, since))
+        # The average since work began: batches finish in bursts, so a short window jitters.
+        settled_here = self.done + self.failed - self.resumed_settled
+        elapsed = now - (self.first_lease_at or now)
         return Progress(
             total=len(self.status),
             done=self.done,
@@ -181,7 +176,7 @@ class Coordinator:
             in_flight=int(sum(len(h.windows) for h in self.leases.values())),
             retries=self.retries,
             requeued=self.requeued,
-            windows_per_s=recent / span,
+            windows_per_s=settled_here / elapsed if elapsed > 1.0 else 0.0,
             finished=self._finished.is_set(),
         )
 

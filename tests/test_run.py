@@ -106,3 +106,11 @@ def test_a_sigkilled_worker_is_replaced_and_its_windows_are_requeued_uncharged(r
     reference = sigray.run([cpu_signal], str(tmp_path / "ref"), **FAST)
     name = "cpu_utilization_asg_misconfiguration"
     pd.testing.assert_frame_equal(result.anomalies[name], reference.anomalies[name])
+
+
+def test_an_engine_can_be_plugged_in_by_import_path(ray_session, cpu_signal, tmp_path):
+    plugged = {**FAST, "engine": "sigray.engines.test_double:TestDoubleEngine"}
+    result = sigray.run([cpu_signal], str(tmp_path / "run"), **plugged)
+    assert result.computed_windows == 111 and result.failed_windows == 0
+    with pytest.raises(sigray.ConfigError, match="cannot import engine"):
+        sigray.run([cpu_signal], str(tmp_path / "other"), **{**FAST, "engine": "no_such_module:Engine"})

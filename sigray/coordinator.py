@@ -114,9 +114,7 @@ class Coordinator:
 
     async def report(self, report: BatchReport) -> None:
         """Record a batch's verdicts (see the module invariants)."""
-        held = self.leases.pop(report.lease_id, None)
-        if held is not None:
-            self.lease_of[held.windows] = -1
+        held = self.leases.get(report.lease_id)
         accepted = []
         for i, w in enumerate(report.windows.tolist()):
             if self.status[w] != PENDING:
@@ -142,22 +140,13 @@ class Coordinator:
             self._buffer_answers.extend(report.answers[i] for i in accepted)
             self._buffer_values.append(report.values[rows])
         if held is not None:
-            # windows of this lease that got no verdict (none today) must not be stranded
-            for w in held.windows[self.status[held.windows] == PENDING].tolist():
-                self._requeue(w)
+            self._release(report.lease_id)
         self._update_events()
 
     async def worker_lost(self, worker_id: str) -> int:
         """Requeue, uncharged, every window leased to ``worker_id``; returns how many."""
         lost = [lease_id for lease_id, held in self.leases.items() if held.worker_id == worker_id]
-        count = 0
-        for lease_id in lost:
-            held = self.leases.pop(lease_id)
-            self.lease_of[held.windows] = -1
-            for w in held.windows.tolist():
-                if self.status[w] == PENDING:
-                    self._requeue(w)
-                    count += 1
+        count = sum(self._release(lease_id) for lease_id in lost)
         self.requeued += count
         self._update_events()
         return count
@@ -249,11 +238,7 @@ class Coordinator:
             worker_id = self.leases[lease_id].worker_id
             self.timed_out_workers.append(worker_id)
             log.warning("lease %d of worker %s timed out; its windows go back to the queue", lease_id, worker_id)
-            held = self.leases.pop(lease_id)
-            self.lease_of[held.windows] = -1
-            for w in held.windows[self.status[held.windows] == PENDING].tolist():
-                self._requeue(w)
-                self.requeued += 1
+            self.requeued += self._release(lease_id)
         self._update_events()
 
     def _take(self, k: int) -> np.ndarray:
@@ -283,6 +268,15 @@ class Coordinator:
         n = len(self.status)
         index = self.settings.seed * 1_000_003 * 256 * n + attempt * n + window
         return (index * self.settings.n_samples) & _SEED_MASK
+
+    def _release(self, lease_id: int) -> int:
+        """End a lease; its windows still pending go back to the queue. Returns how many."""
+        held = self.leases.pop(lease_id)
+        self.lease_of[held.windows] = -1
+        pending = held.windows[self.status[held.windows] == PENDING].tolist()
+        for w in pending:
+            self._requeue(w)
+        return len(pending)
 
     def _requeue(self, w: int) -> None:
         if not self.queued[w]:

@@ -84,6 +84,7 @@ def _run_settings(args) -> dict:
         "flush_interval_s": args.flush_interval,
         "lease_timeout_s": args.lease_timeout,
         "chunk_windows": args.chunk_windows,
+        "normal": args.normal,
     }
     return {k: v for k, v in settings.items() if v is not None}
 
@@ -301,6 +302,7 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--engine", default="vllm", help="vllm, test-double, or package.module:Class")
     run.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="engine setting (repeatable)")
     run.add_argument("--param", action="append", metavar="BLOCK.PARAM=VALUE", help="pipeline hyperparameter")
+    run.add_argument("--normal", default=None, metavar="CSV", help="normal reference signal (one-shot prompters)")
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--gpus-per-worker", type=float, default=None)
     run.add_argument("--cpus-per-worker", type=float, default=1.0)

@@ -58,6 +58,9 @@ class RunConfig:
         store_lease_s: how long the store's write lease lasts without renewal; another
             host may take over a run whose coordinator vanished after this long.
         chunk_windows: windows per Zarr chunk (fixed when the store is created).
+        normal: a CSV (``timestamp,value``) of normal behaviour, the reference that one-shot
+            prompters (``mistral_prompter_1shot``) show the model; its content is part of
+            the run identity, its path is not.
     """
 
     store: str
@@ -77,6 +80,7 @@ class RunConfig:
     lease_timeout_s: float = 900.0
     store_lease_s: float = 60.0
     chunk_windows: int = 4096
+    normal: str | None = None
 
     def __post_init__(self) -> None:
         checks = {

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from sigray.config import RunConfig, fingerprint
 from sigray.engines import Sampling
-from sigray.errors import InputError
-from sigray.pipelines.answers import ForecastAnswers
+from sigray.errors import ConfigError, InputError
+from sigray.pipelines.answers import AnswerFormat
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, load_signals
 from sigray.store import SignalRange, StoreLayout
@@ -22,7 +22,7 @@ class RunPlan:
     config: RunConfig
     pipeline: SigllmPipeline
     plans: list[SignalPlan]
-    answers: ForecastAnswers
+    answers: AnswerFormat
     sampling: Sampling
     identity: dict
     fingerprint: str
@@ -41,7 +41,10 @@ def make_plan(config: RunConfig, sources: list) -> RunPlan:
     """
     signals: list[Signal] = load_signals(sources)
     pipeline = SigllmPipeline(config.pipeline, config.pipeline_params)
-    plans = [pipeline.plan(signal) for signal in signals]
+    normal = load_signals([config.normal])[0] if config.normal else None
+    if normal is not None and not pipeline.needs_normal:
+        raise ConfigError(f"pipeline {config.pipeline!r} takes no normal reference signal; drop --normal.")
+    plans = [pipeline.plan(signal, normal) for signal in signals]
     empty = [plan.signal.name for plan in plans if plan.n_windows == 0]
     if empty:
         raise InputError(
@@ -56,7 +59,11 @@ def make_plan(config: RunConfig, sources: list) -> RunPlan:
         offset += plan.n_windows
     sampling = pipeline.sampling(answers, config.constrained)
     identity = config.identity(pipeline.spec, {s.name: s.digest() for s in signals})
-    identity["answers"] = {"sep": answers.sep, "steps": answers.steps, "max_digits": answers.max_digits}
+    identity["answers"] = {"sep": answers.sep, "max_digits": answers.max_digits}
+    if hasattr(answers, "steps"):
+        identity["answers"]["steps"] = answers.steps
+    if normal is not None:
+        identity["normal"] = normal.digest()
     layout = StoreLayout(
         tuple(ranges), n_samples=sampling.n, horizon=answers.horizon, chunk_windows=config.chunk_windows
     )

@@ -16,7 +16,7 @@ import numpy as np
 
 from sigray.engines import Sampling, load_engine
 from sigray.messages import Batch, BatchReport
-from sigray.pipelines.answers import ForecastAnswers
+from sigray.pipelines.answers import AnswerFormat
 
 log = logging.getLogger(__name__)
 _RECONNECT_S = 120.0
@@ -28,17 +28,21 @@ class WorkerSettings:
     model: str
     engine_options: dict
     sampling: Sampling
-    answers: ForecastAnswers
+    answers: AnswerFormat
 
 
-def validate(answers: ForecastAnswers, texts: list[list[str]]) -> tuple[list[list[str] | None], np.ndarray, list]:
-    """Check every sample of every window; a window is valid when all its samples are."""
+def validate(answers: AnswerFormat, texts: list[list[str]]) -> tuple[list[list[str] | None], np.ndarray, list]:
+    """Read and check every sample of every window; a window is valid when all its samples are.
+
+    Kept texts are sigllm's responses (``answers.response``), what its parsers receive.
+    """
     n = max((len(t) for t in texts), default=0)
     values = np.full((len(texts), n, answers.horizon), np.nan, dtype=np.float32)
     kept: list[list[str] | None] = []
     reasons = []
     for i, samples in enumerate(texts):
         reason = ""
+        samples = [answers.response(text) for text in samples]
         for k, text in enumerate(samples):
             verdict = answers.check(text)
             if not verdict.ok:

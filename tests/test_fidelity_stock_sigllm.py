@@ -9,7 +9,6 @@ signals and its store change nothing sigllm computes.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 
 import pandas as pd
@@ -36,14 +35,47 @@ FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 64, "chu
 HOURLY = {"mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1": {"interval": 3600}}
 DYNAMIC_THRESHOLD = {"orion.primitives.timeseries_anomalies.find_anomalies#1": {"fixed_threshold": False}}
 
-# (signals run together in one store, pipeline parameters, anomalies the test double leads to)
+NORMAL = "art_daily_no_noise"  # the one-shot prompter's normal reference
+
+# case: (pipeline, signals run together in one store, pipeline parameters, anomalies the
+# test double leads to per signal)
 CASES = {
     # Two signals in one store: answers are read back by each signal's offset.
-    "default-cpu+nyc_taxi": (["cpu_utilization_asg_misconfiguration", "nyc_taxi"], {}, {1, 0}),
+    "mistral_detector-cpu+nyc_taxi": (
+        "mistral_detector",
+        ["cpu_utilization_asg_misconfiguration", "nyc_taxi"],
+        {},
+        {1, 0},
+    ),
     # 1175 windows, Orion's dynamic threshold (its fmin search) instead of the fixed one.
-    "dynamic-ambient_temperature": (["ambient_temperature_system_failure"], DYNAMIC_THRESHOLD, {2}),
+    "mistral_detector-dynamic-ambient": (
+        "mistral_detector",
+        ["ambient_temperature_system_failure"],
+        DYNAMIC_THRESHOLD,
+        {2},
+    ),
     # A parameter override reaches stock sigllm as SigLLM(hyperparameters=...).
-    "hourly-art_load_balancer_spikes": (["art_load_balancer_spikes"], HOURLY, {2}),
+    "mistral_detector-hourly-art_load_balancer": ("mistral_detector", ["art_load_balancer_spikes"], HOURLY, {2}),
+    "mistral_detector_kmeans-nyc_taxi": ("mistral_detector_kmeans", ["nyc_taxi"], {}, {2}),
+    # A chat prompt (OpenAI's chat API in stock), digits written one by one (space=True).
+    "gpt_detector-cpu": ("gpt_detector", ["cpu_utilization_asg_misconfiguration"], {}, {1}),
+    # Bare numbers (restrict_tokens), 10 samples voted on per window.
+    "mistral_prompter-nyc_taxi+ambient": (
+        "mistral_prompter",
+        ["nyc_taxi", "ambient_temperature_system_failure"],
+        {},
+        {1, 4},
+    ),
+    # Free text after [RESPONSE], parsed by parse_anomaly_response.
+    "mistral_prompter_0shot-cpu+nyc_taxi": (
+        "mistral_prompter_0shot",
+        ["cpu_utilization_asg_misconfiguration", "nyc_taxi"],
+        {},
+        {1, 2},
+    ),
+    # The normal reference signal goes into every prompt.
+    "mistral_prompter_1shot-nyc_taxi": ("mistral_prompter_1shot", ["nyc_taxi"], {}, {2}),
+    "gpt_prompter-ambient": ("gpt_prompter", ["ambient_temperature_system_failure"], {}, {4}),
 }
 
 
@@ -56,10 +88,6 @@ def stock_env() -> str:
         pytest.skip(f"stock sigllm environment cannot be built here (needs PyPI): {exc}")
 
 
-def _digest(prompts: list[str]) -> str:
-    return hashlib.sha256("\x00".join(prompts).encode()).hexdigest()
-
-
 def test_the_stock_env_has_sigllm_on_its_own_pins(stock_env):
     versions = installed_versions(stock_env)
     assert versions["sigllm"] == "0.2.0" and versions["orion-ml"] == "0.7.1"
@@ -69,10 +97,13 @@ def test_the_stock_env_has_sigllm_on_its_own_pins(stock_env):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_sigray_anomalies_equal_stock_sigllm_anomalies_on_the_same_answers(ray_session, stock_env, tmp_path, case):
-    names, params, expected_counts = CASES[case]
+    pipeline, names, params, expected_counts = CASES[case]
     paths = {name: nab_signal(name) for name in names}
+    normal = nab_signal(NORMAL) if pipeline.endswith("1shot") else None
     store_path = str(tmp_path / "run")
-    result = sigray.run(list(paths.values()), store_path, pipeline_params=params, **FAST)
+    result = sigray.run(
+        list(paths.values()), store_path, pipeline=pipeline, pipeline_params=params, normal=normal, **FAST
+    )
     store = RunStore.open(store_path)
     status, _ = store.read_state()
     assert (status == DONE).all(), "every window must have an answer for stock sigllm to replay"
@@ -83,12 +114,18 @@ def test_sigray_anomalies_equal_stock_sigllm_anomalies_on_the_same_answers(ray_s
         window = slice(signal.offset, signal.offset + signal.n_windows)
         out = str(tmp_path / f"{signal.name}.stock.json")
         stock = run_stock_pipeline(
-            stock_env, "mistral_detector", paths[signal.name], answers[window].tolist(), out, hyperparameters=params
+            stock_env,
+            pipeline,
+            paths[signal.name],
+            answers[window].tolist(),
+            out,
+            hyperparameters=params,
+            normal_csv=normal,
         )
         replay = read_stock_result(out)
-        # Stock sigllm built the very prompts sigray stored, and asked its LLM once (one fit pass).
-        assert replay["n_prompts"] == signal.n_windows > 0
-        assert replay["prompts_sha256"] == _digest(prompts[window]), f"{signal.name}: stock prompts differ"
+        # Stock sigllm sent its model the very prompts sigray stored, once per window (one pass).
+        assert len(replay["prompts"]) == signal.n_windows > 0
+        assert replay["prompts"] == prompts[window], f"{signal.name}: stock prompts differ"
         assert replay["llm_calls"] == 1
         ours = result.anomalies[signal.name].reset_index(drop=True)
         pd.testing.assert_frame_equal(ours, stock, check_dtype=False, check_exact=False, rtol=1e-9, atol=0)

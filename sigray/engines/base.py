@@ -20,6 +20,8 @@ class Sampling:
         max_tokens: hard cap on generated tokens per answer.
         regex: when set, answers must match this regular expression in full
             (vLLM structured outputs); engines that cannot constrain ignore it.
+        chat: every prompt is a chat request, a JSON list of ``{"role", "content"}``
+            messages (sigllm's GPT pipelines); the engine applies the model's chat template.
     """
 
     n: int = 1
@@ -27,6 +29,7 @@ class Sampling:
     top_p: float = 1.0
     max_tokens: int = 64
     regex: str | None = None
+    chat: bool = False
 
 
 @runtime_checkable

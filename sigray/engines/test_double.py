@@ -2,8 +2,12 @@
 
 It answers a detector prompt (``sep``-separated integers) with a plausible forecast:
 the last value plus seeded noise, so post-processing finds real anomalies on real
-signals. Answers depend only on (prompt, seed), never on batching, so a resumed run
-must reproduce an uninterrupted one bit for bit.
+signals. It answers a prompter prompt (one ending in sigllm's ``[RESPONSE]`` marker, or
+a chat asking to detect anomalies) with the window's outlying values, in the form the
+prompt asks for (bare numbers, a ``[...]`` list, or "no anomalies"). Chat prompts
+(``sampling.chat``) are read as sigllm's JSON message lists. Answers depend only on
+(prompt, seed), never on batching, so a resumed run must reproduce an uninterrupted one
+bit for bit.
 
 Knobs for fault tests: ``garbage_rate`` turns that fraction of (prompt, seed) pairs into
 malformed answers; ``delay_s`` makes each batch take that long; ``log_path`` appends one
@@ -16,7 +20,9 @@ and SIGKILLs its own process (a real worker death, once per run).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import time
 
@@ -60,7 +66,9 @@ class TestDoubleEngine:
                 pass
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for GPU time
-        texts = [[self._answer(p, seed + k) for k in range(sampling.n)] for p, seed in zip(prompts, seeds)]
+        texts = [
+            [self._answer(p, seed + k, sampling.chat) for k in range(sampling.n)] for p, seed in zip(prompts, seeds)
+        ]
         if self.log_path and prompts:
             lines = "".join(f"{_digest(p)} {seed}\n" for p, seed in zip(prompts, seeds))
             fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -70,14 +78,37 @@ class TestDoubleEngine:
                 os.close(fd)
         return texts
 
-    def _answer(self, prompt: str, seed: int) -> str:
+    def _answer(self, prompt: str, seed: int, chat: bool) -> str:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, int(_digest(prompt)[:8], 16)])
         if rng.random() < self.garbage_rate:
             return rng.choice(["", "I cannot forecast this series.", self.sep * 3, "12 apples"])
-        tail = [int(v) for v in prompt.rsplit(self.sep, 8)[1:] if v.strip().isdigit()] or [0]
-        level = float(np.median(tail))
+        system, text = "", prompt
+        if chat:
+            messages = json.loads(prompt)
+            system, text = messages[0]["content"], messages[-1]["content"]
+        values = self._window_values(text.removesuffix("[RESPONSE]"))
+        if prompt.endswith("[RESPONSE]") or "anomal" in system:
+            return self._anomalies(values, rng, bare="Only return the numbers" in prompt or chat)
+        level = float(np.median(values[-8:]))
         forecast = np.maximum(0, np.round(level * (1 + self.noise * rng.standard_normal(self.steps))))
-        return "".join(f"{self.sep}{int(v)}" for v in forecast)
+        lead = "" if chat else self.sep
+        return lead + self.sep.join(str(int(v)) for v in forecast)
+
+    def _window_values(self, text: str) -> list[int]:
+        """The window: the run of digits and separators the prompt ends with."""
+        match = re.search(rf"[0-9][0-9\s{re.escape(self.sep)}]*$", text.strip())
+        digits = re.sub(r"\s", "", match.group()) if match else ""
+        return [int(v) for v in digits.split(self.sep) if v] or [0]
+
+    def _anomalies(self, values: list[int], rng, bare: bool) -> str:
+        """The values far from the window's median (robust z > 3), a few dropped at random."""
+        series = np.asarray(values, dtype=float)
+        spread = np.median(np.abs(series - np.median(series))) or 1.0
+        outlying = sorted({int(v) for v in series[np.abs(series - np.median(series)) / spread > 3]})
+        named = [v for v in outlying[:5] if rng.random() > 0.2]
+        if bare:
+            return self.sep.join(str(v) for v in named)
+        return "[" + ", ".join(str(v) for v in named) + "]" if named else "no anomalies"
 
 
 def _digest(text: str) -> str:

@@ -6,6 +6,7 @@ import alone takes 3-11 s on CPU, warm or cold page cache).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sigray.engines.base import Sampling
@@ -68,7 +69,8 @@ class VllmEngine:
         The same (prompt, seed, sampling) gives the same texts from one engine, whatever else is
         in the batch (measured on CPU, eager, with chunked prefill off). Temperature 0
         is greedy: vLLM refuses ``n > 1`` there, so one greedy answer is sampled and repeated
-        ``n`` times. With ``sampling.regex`` every answer is constrained to match it in full,
+        ``n`` times. Chat prompts (``sampling.chat``) go through the model's chat template.
+        With ``sampling.regex`` every answer is constrained to match it in full,
         unless ``max_tokens`` cuts it short.
 
         Raises:
@@ -83,7 +85,11 @@ class VllmEngine:
             raise RuntimeError(f"the vLLM engine for {self.model} is closed; create a new VllmEngine.")
         greedy = sampling.temperature == 0
         params = [self._params(sampling, seed, n=1 if greedy else sampling.n) for seed in seeds]
-        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        if sampling.chat:
+            conversations = [json.loads(p) for p in prompts]
+            outputs = self._llm.chat(conversations, params, use_tqdm=False)
+        else:
+            outputs = self._llm.generate(prompts, params, use_tqdm=False)
         texts = []
         for output in outputs:
             answers = [c.text for c in sorted(output.outputs, key=lambda c: c.index)]

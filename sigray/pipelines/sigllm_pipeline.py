@@ -1,4 +1,4 @@
-"""Run a stock sigllm pipeline with its LLM step cut out.
+"""Run a stock sigllm pipeline (detector or prompter) with its LLM step cut out.
 
 sigllm pipelines are MLBlocks JSON: preprocessing blocks, one LLM block, then
 post-processing blocks. We load sigllm's own JSON, swap the LLM block for
@@ -24,14 +24,15 @@ import numpy as np
 import pandas as pd
 
 from sigray.engines.base import Sampling
-from sigray.errors import ConfigError
-from sigray.pipelines.answers import ForecastAnswers
+from sigray.errors import ConfigError, InputError
+from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers
+from sigray.pipelines.llm_steps import FORECAST_HF, LLM_STEPS
 from sigray.pipelines.numpy2_compat import REPLACEMENTS
 from sigray.pipelines.sigllm_env import use_sigllm_registry
 from sigray.signals import Signal
 
-# sigllm's LLM primitives, and the produce method each one's JSON declares.
-FORECAST_PRIMITIVES = ("sigllm.primitives.forecasting.huggingface.HF",)
+_PARSE_RESPONSE = "sigllm.primitives.prompting.anomalies.parse_anomaly_response"
+_FORMAT_AS_INTEGER = "sigllm.primitives.transformation.format_as_integer"
 _BOUNDARY = "sigray.pipelines.sigllm_pipeline.LLMBoundary"
 
 
@@ -72,9 +73,10 @@ def _split_pipeline_class():
 
 @dataclass
 class SignalPlan:
-    """One signal's windows, prompts, and the MLBlocks context needed to finish it."""
+    """One signal's windows (as sigllm's strings), their prompts, and the MLBlocks context."""
 
     signal: Signal
+    windows: list[str]
     prompts: list[str]
     context: dict
 
@@ -135,7 +137,7 @@ def _block_names(primitives: list) -> list[str]:
 
 
 class SigllmPipeline:
-    """A sigllm detector pipeline, split at its LLM step.
+    """A sigllm pipeline (detector or prompter), split at its LLM step.
 
     ``spec`` is the resolved pipeline JSON (sigllm's, plus overrides): it is part of the
     run identity, so changing any parameter gives another fingerprint.
@@ -145,18 +147,32 @@ class SigllmPipeline:
         self.name = pipeline
         self.spec = apply_overrides(load_pipeline_spec(pipeline), params or {})
         names = _block_names(self.spec["primitives"])
-        llm = [i for i, p in enumerate(self.spec["primitives"]) if p in FORECAST_PRIMITIVES]
+        llm = [i for i, p in enumerate(self.spec["primitives"]) if p in LLM_STEPS]
         if len(llm) != 1:
             raise ConfigError(
-                f"pipeline {pipeline!r} has no sigllm forecasting LLM step sigray can run "
-                f"(looked for {', '.join(FORECAST_PRIMITIVES)})."
+                f"pipeline {pipeline!r} has no sigllm LLM step sigray can run (looked for {', '.join(LLM_STEPS)})."
             )
         self._llm_index = llm[0]
         self.llm_block = names[self._llm_index]
-        self._format_block = next(
-            (n for n in names[self._llm_index :] if n.startswith("sigllm.primitives.transformation.format_as_integer")),
-            None,
-        )
+        self.step = LLM_STEPS[self.spec["primitives"][self._llm_index]]
+        after = names[self._llm_index :]
+        self._format_block = next((n for n in after if n.startswith(_FORMAT_AS_INTEGER + "#")), None)
+        self._parse_block = next((n for n in after if n.startswith(_PARSE_RESPONSE + "#")), None)
+        if self._parse_block and self._block_params(self._parse_block).get("interval") and self._format_block:
+            raise ConfigError(
+                f"pipeline {pipeline!r} parses interval answers and then runs format_as_integer on them, "
+                "which sigllm cannot do (it raises TypeError on a list); drop one of the two."
+            )
+
+    @property
+    def family(self) -> str:
+        """``detector`` (forecasts) or ``prompter`` (asks for anomalies)."""
+        return self.step.family
+
+    @property
+    def needs_normal(self) -> bool:
+        """One-shot prompters take a normal reference signal as a second input."""
+        return any(v == "normal" for block in self.spec.get("input_names", {}).values() for v in block.values())
 
     # -- parameters ---------------------------------------------------------
 
@@ -171,32 +187,51 @@ class SigllmPipeline:
         params.update(self.spec.get("init_params", {}).get(block, {}))
         return params
 
+    def _param_of(self, suffix: str, name: str, default=None):
+        block = next((n for n in _block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
+        return self._block_params(block).get(name, default)
+
     def min_points(self) -> int:
         """Points (after aggregation) a signal needs for one window."""
-        names = _block_names(self.spec["primitives"])
-        window = next((n for n in names if n.endswith("rolling_window_sequences#1")), None)
-        params = self._block_params(window)
-        return int(params.get("window_size", 0)) + int(params.get("target_size", 0))
+        window = int(self._param_of("rolling_window_sequences#1", "window_size", 0))
+        return window + int(self._param_of("rolling_window_sequences#1", "target_size", 0))
 
     @property
     def llm_params(self) -> dict:
         return self._block_params(self.llm_block)
 
-    def answer_format(self, plans: list[SignalPlan]) -> ForecastAnswers:
+    def answer_format(self, plans: list[SignalPlan]) -> AnswerFormat:
         """The answer format shared by every window of the run."""
         llm = self.llm_params
         parse = self._block_params(self._format_block)
         sep = llm.get("sep", ",")
-        longest = max((len(v) for p in plans for prompt in p.prompts[:1000] for v in prompt.split(sep)), default=4)
-        return ForecastAnswers(
+        sample = [w for p in plans for w in p.windows[:1000]]
+        longest = max((len(v) for w in sample for v in "".join(w.split()).split(sep)), default=4)
+        if self.family == "detector":
+            return ForecastAnswers(
+                sep=sep,
+                trunc=parse.get("trunc"),
+                errors=parse.get("errors", "ignore"),
+                steps=int(llm.get("steps", 1)),
+                max_digits=longest + 1,
+                continuation=self.step.primitive == FORECAST_HF,
+                spaced=bool(self._param_of("format_as_string#1", "space", False)),
+            )
+        first = plans[0].windows[0] if plans and plans[0].windows else ""
+        return AnomalyAnswers(
             sep=sep,
+            parsed=self._parse_block is not None,
+            interval=bool(self._block_params(self._parse_block).get("interval", False)),
+            window_size=int(self._param_of("rolling_window_sequences#1", "window_size", 0)),
+            max_digits=longest + 1,
+            # sigllm: tokens of the first window x anomalous_percent; characters bound tokens.
+            max_new_tokens=max(16, int(len(first) * float(llm.get("anomalous_percent", 0.5)))),
+            after_marker=self.step.primitive.endswith("prompting.huggingface.HF") and not llm.get("restrict_tokens"),
             trunc=parse.get("trunc"),
             errors=parse.get("errors", "ignore"),
-            steps=int(llm.get("steps", 1)),
-            max_digits=longest + 1,
         )
 
-    def sampling(self, answers: ForecastAnswers, constrained: bool) -> Sampling:
+    def sampling(self, answers: AnswerFormat, constrained: bool) -> Sampling:
         llm = self.llm_params
         return Sampling(
             n=int(llm.get("samples", 1)),
@@ -204,6 +239,7 @@ class SigllmPipeline:
             top_p=float(llm.get("top_p", 1.0)),
             max_tokens=answers.max_tokens,
             regex=answers.regex if constrained else None,
+            chat=self.step.is_chat(llm),
         )
 
     # -- the two halves -----------------------------------------------------
@@ -227,14 +263,27 @@ class SigllmPipeline:
         pipeline.boundary_block = self.llm_block
         return pipeline
 
-    def plan(self, signal: Signal) -> SignalPlan:
-        """sigllm's preprocessing of one signal, up to the prompts."""
+    def plan(self, signal: Signal, normal: Signal | None = None) -> SignalPlan:
+        """sigllm's preprocessing of one signal, up to the prompts.
+
+        ``normal``: the reference signal of one-shot prompters (``needs_normal``).
+        """
+        inputs = {"X": signal.frame()}
+        if self.needs_normal:
+            if normal is None:
+                raise InputError(
+                    f"pipeline {self.name!r} is one-shot: it needs a normal reference signal "
+                    "(a CSV of timestamp,value without anomalies; --normal FILE, or normal= in the API)."
+                )
+            time_column = self._param_of("time_segments_aggregate#2", "time_column", "timestamp")
+            inputs["normal"] = normal.frame().rename(columns={"timestamp": time_column})
         pipeline = self._build()
         try:
-            pipeline.fit(X=signal.frame(), output_="default")
+            pipeline.fit(output_="default", **inputs)
         except _BoundaryReached as reached:
-            prompts = [str(x) for x in reached.produce_args["X"]]
-            return SignalPlan(signal=signal, prompts=prompts, context=reached.context)
+            windows = [str(x) for x in reached.produce_args["X"]]
+            prompts = self.step.prompts(windows, self.llm_params, reached.produce_args)
+            return SignalPlan(signal=signal, windows=windows, prompts=prompts, context=reached.context)
         raise ConfigError(f"pipeline {self.name!r} finished without reaching its LLM step.")
 
     def postprocess(self, plan: SignalPlan, answers: list[list[str] | None]) -> Detection:
@@ -258,8 +307,8 @@ class SigllmPipeline:
         pipeline.blocks[self.llm_block].instance.answers = kept
         from orion.core import Orion
 
-        forecast_output = "numpy.reshape#1"  # the context right after it
-        has_forecast = "numpy.reshape#1" in pipeline.blocks
+        forecast_output = "numpy.reshape#1"  # the context right after it holds y_hat
+        has_forecast = forecast_output in pipeline.blocks
         with warnings.catch_warnings():
             # Orion's find_anomalies trips a pandas FutureWarning per window; not ours to fix.
             warnings.simplefilter("ignore", FutureWarning)

@@ -1,65 +1,181 @@
-"""Run STOCK sigllm on a signal, with recorded LLM answers replayed in place of the LLM.
+"""Run STOCK sigllm on a signal, with recorded LLM answers replayed in place of the model.
 
 This script runs in the stock sigllm environment (numpy<2, pandas<2, sigllm's own pins)
 built by ``sigray.testing.stock_sigllm.ensure_stock_env``. It imports stock packages only,
 never sigray, which is not installed there. It does what a sigllm user does:
 
     data = orion.data.load_signal(csv)
-    events = sigllm.SigLLM(pipeline, hyperparameters=...).detect(data)
+    events = sigllm.SigLLM(pipeline, hyperparameters=...).detect(data[, normal=...])
 
-with two changes, neither touching any computation:
+The pipeline and every sigllm primitive run unchanged, LLM primitives included: their
+prompt building, token bookkeeping and response handling (``[RESPONSE]`` splitting,
+chat choices) are stock code. Only the model libraries they import are test doubles,
+installed in ``sys.modules`` before sigllm loads:
 
-* the pipeline's HF block keeps sigllm's own annotation (name, inputs, outputs,
-  hyperparameters) but its primitive is ``ReplayLLM``, which answers every prompt with
-  the recorded texts, in window order;
-* MLBlocks finds sigllm's, Orion's and ml-stars' JSON folders through the same entry
-  points, resolved without ``pkg_resources``' re-check of each package's full requirement
-  tree: that check demands torch, tensorflow and transformers, which this environment
-  leaves out on purpose (the LLM is replayed, and no detector block imports them).
+* ``transformers`` / ``torch``: a tokenizer that counts one token per character and
+  records the text each window sends, and a model whose ``generate`` returns the recorded
+  answers (decoded alone, or after the prompt when sigllm decodes prompt and answer
+  together);
+* ``openai`` / ``tiktoken``: a client that records each chat request (as the JSON list
+  of its messages, sigray's chat prompt form) or completion prompt, and answers with
+  the recorded texts.
+
+MLBlocks finds sigllm's, Orion's and ml-stars' JSON folders through the same entry points,
+resolved without ``pkg_resources``' re-check of each package's full requirement tree
+(which demands torch, tensorflow and transformers, left out of this environment).
 
 Usage: python -I stock_replay.py REQUEST_JSON OUT_JSON
        python -I stock_replay.py --check       (loads mistral_detector; exits 0 when usable)
-REQUEST_JSON holds ``pipeline``, ``signal_csv``, ``answers`` and ``hyperparameters``.
-OUT_JSON receives ``anomalies`` (start, end, severity rows), ``n_prompts``,
-``prompts_sha256`` and ``llm_calls``; or, when the stock run raises, ``error`` with the
-exception's type, message and traceback (and the script exits 1).
+REQUEST_JSON holds ``pipeline``, ``signal_csv``, ``answers``, ``hyperparameters`` and,
+for one-shot prompters, ``normal_csv``. OUT_JSON receives ``anomalies`` (start, end,
+severity rows), ``prompts`` (what each window sent the model, in order) and ``llm_calls``
+(passes over the windows); or, when the stock run raises, ``error`` with the exception's
+type, message and traceback (and the script exits 1).
 """
 
-import copy
-import hashlib
 import json
 import sys
 import traceback
+import types
 
-HF = "sigllm.primitives.forecasting.huggingface.HF"
+
+class Replay:
+    """The recorded answers, served window by window, and the prompts that asked for them."""
+
+    answers = []  # list[list[str]], one list of sampled texts per window
+    prompts = []  # what each window sent, in order
+    passes = 0
+
+    @classmethod
+    def answer(cls, prompt, samples):
+        position = len(cls.prompts) % max(len(cls.answers), 1)
+        if position == 0:
+            cls.passes += 1
+        cls.prompts.append(prompt)
+        if position >= len(cls.answers):
+            raise RuntimeError(f"replay: stock sigllm asked about window {position}, only {len(cls.answers)} recorded")
+        texts = list(cls.answers[position])
+        if samples is not None and samples != len(texts):
+            raise RuntimeError(f"replay: stock sigllm asked for {samples} samples, {len(texts)} recorded")
+        return texts
 
 
-class ReplayLLM:
-    """Stands in for sigllm's HF primitive: ``forecast`` returns the recorded answers.
+# -- transformers / torch ----------------------------------------------------------
 
-    Every call gets the same answers, so a flow that calls the LLM block more than once
-    (fit then detect) sees the same model behaviour each time. The prompts of each call
-    are kept so the caller can check they match the ones the answers were given for.
-    """
 
-    answers = None  # list[list[str]], set by main() before the pipeline runs
-    calls = []  # the prompts of each forecast call
+class _Ids:
+    """Token ids as far as sigllm looks at them: a shape, slicing, and what they decode to."""
 
-    def __init__(self, raw=False, **hyperparameters):
-        self.raw = raw
-        self.hyperparameters = hyperparameters
+    def __init__(self, prompt, answers=None, sliced=False):
+        self.prompt, self.answers, self.sliced = prompt, answers, sliced
+        self.shape = (1, len(prompt))
 
-    def forecast(self, X, **kwargs):
-        prompts = [str(x) for x in X]
-        ReplayLLM.calls.append(prompts)
-        if len(prompts) != len(ReplayLLM.answers):
-            raise RuntimeError(
-                f"replay: stock sigllm made {len(prompts)} prompts but {len(ReplayLLM.answers)} answers were recorded"
-            )
-        responses = copy.deepcopy(ReplayLLM.answers)
-        if self.raw:
-            return responses, None
-        return responses
+    def __getitem__(self, key):
+        return _Ids(self.prompt, self.answers, sliced=True)  # generate_ids[:, input_length:]
+
+    def decoded(self):
+        return list(self.answers) if self.sliced else [self.prompt + a for a in self.answers]
+
+
+class _Inputs(dict):
+    def to(self, device):
+        return self
+
+
+class FakeTokenizer:
+    """A test double: one token per character; records nothing itself (the model does)."""
+
+    eos_token = bos_token = unk_token = pad_token = None
+    pad_token_id = 0
+
+    @classmethod
+    def from_pretrained(cls, name, **kwargs):
+        return cls()
+
+    def add_special_tokens(self, tokens):
+        for key, value in tokens.items():
+            setattr(self, key, value)
+
+    def convert_tokens_to_ids(self, token):
+        return 0
+
+    def __len__(self):
+        return 1
+
+    def encode(self, text):
+        return list(str(text))
+
+    def __call__(self, text, return_tensors=None):
+        text = text[0] if isinstance(text, list) else text
+        return _Inputs(input_ids=_Ids(str(text)))
+
+    def batch_decode(self, ids, **kwargs):
+        return ids.decoded()
+
+
+class FakeModel:
+    """A test double: ``generate`` answers with the recorded texts of the next window."""
+
+    generation_config = types.SimpleNamespace(pad_token_id=None)
+
+    @classmethod
+    def from_pretrained(cls, name, **kwargs):
+        return cls()
+
+    def eval(self):
+        return self
+
+    def generate(self, input_ids, num_return_sequences=None, **kwargs):
+        answers = Replay.answer(input_ids.prompt, num_return_sequences)
+        return _Ids(input_ids.prompt, answers)
+
+
+# -- openai / tiktoken -----------------------------------------------------------------
+
+
+def _choices(texts):
+    return types.SimpleNamespace(
+        choices=[types.SimpleNamespace(message=types.SimpleNamespace(content=t), text=t, logprobs=None) for t in texts]
+    )
+
+
+class _ChatCompletions:
+    def create(self, model=None, messages=None, n=None, **kwargs):
+        return _choices(Replay.answer(json.dumps(messages), n))
+
+
+class FakeOpenAI:
+    """A test double for ``openai.OpenAI``: chat requests answered from the recording."""
+
+    def __init__(self, **kwargs):
+        self.chat = types.SimpleNamespace(completions=_ChatCompletions())
+
+
+class _Completion:
+    @staticmethod
+    def create(model=None, prompt=None, n=None, **kwargs):
+        return _choices(Replay.answer(prompt, n))
+
+
+class _Encoding:
+    def encode(self, text):
+        return list(str(text))
+
+
+def install_fake_model_libraries():
+    modules = {
+        "torch": {"float16": "float16"},
+        "transformers": {"AutoTokenizer": FakeTokenizer, "AutoModelForCausalLM": FakeModel},
+        "openai": {"OpenAI": FakeOpenAI, "Completion": _Completion},
+        "tiktoken": {"encoding_for_model": lambda name: _Encoding()},
+    }
+    for name, attributes in modules.items():
+        module = types.ModuleType(name)
+        module.__dict__.update(attributes)
+        sys.modules[name] = module
+
+
+# -- running -------------------------------------------------------------------------
 
 
 def _load_entry_points(entry_point_name, entry_point_group="mlblocks"):
@@ -77,55 +193,50 @@ def _load_entry_points(entry_point_name, entry_point_group="mlblocks"):
     return lookup_paths
 
 
-def _pipeline_spec(pipeline):
-    """sigllm's pipeline JSON with only the HF block's primitive swapped for ReplayLLM."""
+def _prepare():
+    install_fake_model_libraries()
     import mlblocks.discovery
-    from mlblocks.discovery import load_pipeline, load_primitive
 
     mlblocks.discovery._load_entry_points = _load_entry_points
 
+
+def _pipeline(pipeline):
     if pipeline.endswith(".json"):
         with open(pipeline) as f:
-            spec = json.load(f)
-    else:
-        spec = load_pipeline(pipeline)
-    spec = copy.deepcopy(spec)
-    llm = [i for i, p in enumerate(spec["primitives"]) if p == HF]
-    if len(llm) != 1:
-        raise RuntimeError(f"replay: pipeline {pipeline!r} has {len(llm)} {HF} blocks, expected 1")
-    annotation = copy.deepcopy(load_primitive(HF))
-    annotation["primitive"] = "__main__.ReplayLLM"
-    spec["primitives"][llm[0]] = annotation
-    return spec
+            return json.load(f)
+    return pipeline
 
 
 def _run(request):
     from orion.data import load_signal
     from sigllm import SigLLM
 
-    ReplayLLM.answers = [list(a) for a in request["answers"]]
+    Replay.answers = [list(a) for a in request["answers"]]
     data = load_signal(request["signal_csv"])
-    sigllm = SigLLM(_pipeline_spec(request["pipeline"]), hyperparameters=request.get("hyperparameters") or None)
-    events = sigllm.detect(data)
-    prompts = ReplayLLM.calls[0] if ReplayLLM.calls else []
+    kwargs = {}
+    if request.get("normal_csv"):
+        # Stock one-shot pipelines aggregate the reference by a column named normal_timestamp.
+        kwargs["normal"] = load_signal(request["normal_csv"]).rename(columns={"timestamp": "normal_timestamp"})
+    sigllm = SigLLM(_pipeline(request["pipeline"]), hyperparameters=request.get("hyperparameters") or None)
+    events = sigllm.detect(data, **kwargs)
     return {
         "anomalies": {
             "start": [int(v) for v in events["start"]],
             "end": [int(v) for v in events["end"]],
             "severity": [float(v) for v in events["severity"]],
         },
-        "n_prompts": len(prompts),
-        "prompts_sha256": hashlib.sha256("\x00".join(prompts).encode()).hexdigest(),
-        "llm_calls": len(ReplayLLM.calls),
+        "prompts": Replay.prompts,
+        "llm_calls": Replay.passes,
     }
 
 
 def main(argv):
+    _prepare()
     if argv == ["--check"]:
-        import orion.data  # noqa: F401
-        import sigllm  # noqa: F401
+        from mlblocks import MLPipeline
+        from mlblocks.discovery import load_pipeline
 
-        _pipeline_spec("mistral_detector")
+        MLPipeline(load_pipeline("mistral_detector"))
         return 0
     request_path, out_path = argv
     with open(request_path) as f:
@@ -135,7 +246,7 @@ def main(argv):
     except Exception as exc:  # noqa: BLE001 - reported to the caller, whatever stock sigllm raised
         result = {
             "error": {"type": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()},
-            "llm_calls": len(ReplayLLM.calls),
+            "llm_calls": Replay.passes,
         }
         status = 1
     with open(out_path, "w") as f:

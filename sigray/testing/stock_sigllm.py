@@ -175,13 +175,15 @@ def run_stock_pipeline(
     answers: list[list[str]],
     out_json: str,
     hyperparameters: dict | None = None,
+    normal_csv: str | None = None,
     timeout_s: float = 600,
 ) -> pd.DataFrame:
     """Stock sigllm's ``SigLLM(pipeline).detect(load_signal(signal_csv))``, its LLM replaying ``answers``.
 
-    ``answers[w]`` is the list of sampled texts for window ``w``, in sigllm's window order.
-    The stock run's full output (anomalies, prompt count and digest, LLM calls) is left
-    in ``out_json``. Returns the anomalies (start, end, severity). Raises StockRunError
+    ``answers[w]`` is the list of sampled texts for window ``w``, in sigllm's window order;
+    ``normal_csv`` is the reference signal of one-shot prompters. The stock run's full
+    output (anomalies, the prompt each window sent, passes over the windows) is left in
+    ``out_json``. Returns the anomalies (start, end, severity). Raises StockRunError
     with the stock exception's type and message when stock sigllm raises.
     """
     request = {
@@ -189,6 +191,7 @@ def run_stock_pipeline(
         "signal_csv": os.path.abspath(signal_csv),
         "answers": [[str(text) for text in window] for window in answers],
         "hyperparameters": hyperparameters or {},
+        "normal_csv": os.path.abspath(normal_csv) if normal_csv else None,
     }
     request_path = out_json + ".request.json"
     with open(request_path, "w") as f:

@@ -1,4 +1,4 @@
-"""The ``sigray`` command: run, status, results. Everything here calls the public API."""
+"""The ``sigray`` command: run, demo, status, results, evaluate. Everything here calls the public API."""
 
 from __future__ import annotations
 
@@ -85,6 +85,7 @@ def _run_settings(args) -> dict:
         "lease_timeout_s": args.lease_timeout,
         "chunk_windows": args.chunk_windows,
         "normal": args.normal,
+        "fix_error_units": args.fix_error_units or None,
     }
     return {k: v for k, v in settings.items() if v is not None}
 
@@ -239,6 +240,18 @@ def cmd_results(args) -> int:
     return 0
 
 
+def cmd_evaluate(args) -> int:
+    from sigray.evaluate import evaluate, load_labels
+    from sigray.report import store_results
+
+    scores = evaluate(store_results(args.store), load_labels(args.labels))
+    if args.json:
+        print(scores.to_json(orient="records"))
+    else:
+        print(scores.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 # -- parsing ------------------------------------------------------------------
 
 
@@ -293,6 +306,12 @@ def _parser() -> argparse.ArgumentParser:
     results.add_argument("store")
     results.add_argument("--format", choices=["csv", "json"], default="csv")
     results.set_defaults(command=cmd_results)
+
+    evaluate = sub.add_parser("evaluate", help="score a run's anomalies against labels (Orion's contextual metrics)")
+    evaluate.add_argument("store")
+    evaluate.add_argument("--labels", required=True, help="Orion labels CSV: signal,events or signal,start,end")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(command=cmd_evaluate)
     return parser
 
 
@@ -303,6 +322,11 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="engine setting (repeatable)")
     run.add_argument("--param", action="append", metavar="BLOCK.PARAM=VALUE", help="pipeline hyperparameter")
     run.add_argument("--normal", default=None, metavar="CSV", help="normal reference signal (one-shot prompters)")
+    run.add_argument(
+        "--fix-error-units",
+        action="store_true",
+        help="detectors: compare targets and forecasts in the same units (sigllm 0.2.0 does not; see README)",
+    )
     run.add_argument("--workers", type=int, default=1)
     run.add_argument("--gpus-per-worker", type=float, default=None)
     run.add_argument("--cpus-per-worker", type=float, default=1.0)

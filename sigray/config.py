@@ -61,6 +61,9 @@ class RunConfig:
         normal: a CSV (``timestamp,value``) of normal behaviour, the reference that one-shot
             prompters (``mistral_prompter_1shot``) show the model; its content is part of
             the run identity, its path is not.
+        fix_error_units: compare forecasts and targets in the same (original) units in
+            ``mistral_detector``/``gpt_detector``, where sigllm 0.2.0 compares scaled targets
+            with unscaled forecasts. Off by default: faithful to sigllm. See the README.
     """
 
     store: str
@@ -81,6 +84,7 @@ class RunConfig:
     store_lease_s: float = 60.0
     chunk_windows: int = 4096
     normal: str | None = None
+    fix_error_units: bool = False
 
     def __post_init__(self) -> None:
         checks = {

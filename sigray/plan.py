@@ -40,7 +40,7 @@ def make_plan(config: RunConfig, sources: list) -> RunPlan:
     bad parameters) before anything is written or started.
     """
     signals: list[Signal] = load_signals(sources)
-    pipeline = SigllmPipeline(config.pipeline, config.pipeline_params)
+    pipeline = SigllmPipeline(config.pipeline, config.pipeline_params, fix_units=config.fix_error_units)
     normal = load_signals([config.normal])[0] if config.normal else None
     if normal is not None and not pipeline.needs_normal:
         raise ConfigError(f"pipeline {config.pipeline!r} takes no normal reference signal; drop --normal.")

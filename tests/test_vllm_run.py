@@ -72,3 +72,22 @@ def test_a_vllm_run_killed_mid_way_resumes_to_the_uninterrupted_answers(ray_sess
     assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
     name = "ambient_temperature_system_failure"
     pd.testing.assert_frame_equal(store_results(store)[name], store_results(reference)[name])
+
+
+@pytest.mark.parametrize("pipeline", ["mistral_prompter", "mistral_prompter_0shot"])
+def test_a_vllm_prompter_run_stores_only_answers_sigllm_can_parse(
+    ray_session, tiny_model, cpu_signal, tmp_path, pipeline
+):
+    from sigray.config import RunConfig
+    from sigray.plan import make_plan
+
+    store = str(tmp_path / "run")
+    result = sigray.run([cpu_signal], store, pipeline=pipeline, **vllm_settings(tiny_model))
+    status, attempts = RunStore.open(store).read_state()
+    assert set(np.unique(status)) <= {DONE, FAILED} and (attempts >= 1).all()
+    assert np.count_nonzero(status == DONE) > 0, "the constraint should make most answers well-formed"
+    answer_format = make_plan(RunConfig(store=store, pipeline=pipeline), [cpu_signal]).answers
+    for window in RunStore.open(store).read_answers()[status == DONE]:
+        for text in window:
+            assert answer_format.check(str(text)).ok
+    assert list(result.anomalies[NAME].columns) == ["start", "end", "severity"]

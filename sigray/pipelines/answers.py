@@ -117,7 +117,7 @@ class AnomalyAnswers:
     free-text prompters: ``[v1, v2]`` or "no anomalies"); otherwise answers are bare
     ``sep``-separated digits (``restrict_tokens``), possibly none. Valid when sigllm's own
     parsing accepts the answer, it is one of those forms, and index ranges lie inside the
-    window. An answer naming no anomalies is valid. ``values`` holds one number per
+    window. An answer naming no anomalies is valid; an empty free-text answer is not. ``values`` holds one number per
     sample: how many values (or indices) it named.
     """
 
@@ -163,6 +163,8 @@ class AnomalyAnswers:
 
         if self.parsed:
             clean = _clean_response(text)
+            if not text.strip():
+                return Verdict(None, "empty answer (neither a [...] list nor 'no anomalies')")
             if clean and not re.search(PATTERN, clean):
                 return Verdict(None, "neither a [...] list nor 'no anomalies'")
             try:

@@ -126,6 +126,38 @@ def apply_overrides(spec: dict, params: dict) -> dict:
     return spec
 
 
+_SCALAR2FLOAT = "sigllm.primitives.transformation.Scalar2Float"
+_REGRESSION_ERRORS = "orion.primitives.timeseries_errors.regression_errors"
+
+
+def fix_error_units(spec: dict, pipeline: str) -> dict:
+    """``spec`` with the targets ``y`` converted back to original units before the errors.
+
+    sigllm 0.2.0's ``mistral_detector`` and ``gpt_detector`` scale the signal to integers
+    (``Float2Scalar``), convert the forecasts back (``Scalar2Float``) but not the targets,
+    so ``regression_errors`` compares ``y`` in scaled units with ``y_hat`` in original
+    units. The kmeans pipeline converts both. This adds sigllm's own ``Scalar2Float``
+    for ``y`` (with the same minimum and decimals) right before the errors.
+    """
+    primitives = spec["primitives"]
+    converts_y = any(
+        inputs.get("X") == "y" and ("Scalar2Float#" in block or "Cluster2Float#" in block)
+        for block, inputs in spec.get("input_names", {}).items()
+    )
+    if _REGRESSION_ERRORS not in primitives or _SCALAR2FLOAT not in primitives or converts_y:
+        raise ConfigError(
+            f"fix_error_units applies to detectors that scale with Float2Scalar and leave the targets scaled "
+            f"(mistral_detector, gpt_detector); pipeline {pipeline!r} is not one of them."
+        )
+    spec = copy.deepcopy(spec)
+    at = spec["primitives"].index(_REGRESSION_ERRORS)
+    spec["primitives"].insert(at, _SCALAR2FLOAT)
+    name = _block_names(spec["primitives"])[at]
+    spec.setdefault("input_names", {})[name] = {"X": "y"}
+    spec.setdefault("output_names", {})[name] = {"X": "y"}
+    return spec
+
+
 def _block_names(primitives: list) -> list[str]:
     counts: dict[str, int] = {}
     names = []
@@ -143,9 +175,11 @@ class SigllmPipeline:
     run identity, so changing any parameter gives another fingerprint.
     """
 
-    def __init__(self, pipeline: str, params: dict | None = None):
+    def __init__(self, pipeline: str, params: dict | None = None, fix_units: bool = False):
         self.name = pipeline
         self.spec = apply_overrides(load_pipeline_spec(pipeline), params or {})
+        if fix_units:
+            self.spec = fix_error_units(self.spec, pipeline)
         names = _block_names(self.spec["primitives"])
         llm = [i for i, p in enumerate(self.spec["primitives"]) if p in LLM_STEPS]
         if len(llm) != 1:

@@ -27,6 +27,8 @@ _PERFORMANCE_ONLY_ENGINE_OPTIONS = frozenset(
         "delay_s",
         "log_path",
         "sigkill_once_path",
+        "hang_once_path",
+        "pid_dir",
     }
 )
 

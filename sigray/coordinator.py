@@ -4,8 +4,8 @@ It runs as an async Ray actor. Every state change happens on its event loop, bet
 awaits, so no lock guards the state; store I/O runs in a thread on snapshot copies.
 
 Invariants:
-- a window is DONE at most once; a later answer for it (a stale or duplicated lease)
-  is ignored;
+- a window is DONE at most once; a later answer for it (a stale or duplicated lease,
+  or one sent to a previous incarnation of the coordinator) is ignored;
 - only invalid answers charge a window's retry budget (``attempts``); windows of a lost,
   hung or restarted worker go back to the queue uncharged, and are retried with the
   same seed, so their answer does not depend on what failed;
@@ -75,7 +75,9 @@ class Coordinator:
         self.queued = self.status == PENDING
         self.queue = collections.deque(np.flatnonzero(self.queued).tolist())
         self.leases: dict[int, _Lease] = {}
-        self.next_lease_id = 1
+        # Lease ids never repeat across restarts: a report for a previous incarnation's
+        # lease must not match (and end, or charge) a new lease of the same number.
+        self.next_lease_id = time.time_ns()
         self.done = int(np.count_nonzero(self.status == DONE))
         self.failed = int(np.count_nonzero(self.status == FAILED))
         self.retries = 0
@@ -115,6 +117,8 @@ class Coordinator:
     async def report(self, report: BatchReport) -> None:
         """Record a batch's verdicts (see the module invariants)."""
         held = self.leases.get(report.lease_id)
+        if held is not None and held.worker_id != report.worker_id:
+            held = None
         accepted = []
         for i, w in enumerate(report.windows.tolist()):
             if self.status[w] != PENDING:

@@ -153,10 +153,13 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     worker_settings = WorkerSettings(
         config.engine, model_path, dict(config.engine_options), plan.sampling, plan.answers
     )
-    worker_class = ray.remote(Worker).options(
-        num_gpus=gpus, num_cpus=config.cpus_per_worker, max_restarts=0, runtime_env={"env_vars": _worker_env()}
-    )
-    supervisor = _Supervisor(coordinator, worker_class, worker_settings, config.workers)
+    worker_options = {
+        "num_gpus": gpus,
+        "num_cpus": config.cpus_per_worker,
+        "max_restarts": 0,
+        "runtime_env": {"env_vars": _worker_env()},
+    }
+    supervisor = _Supervisor(coordinator, worker_options, worker_settings, config.workers)
     try:
         with _StopRequested(deadline_s) as stop:
             final = supervisor.supervise(stop, on_progress)
@@ -173,9 +176,9 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
 class _Supervisor:
     """Keeps ``n_workers`` workers serving the coordinator until the run ends."""
 
-    def __init__(self, coordinator, worker_class, worker_settings: WorkerSettings, n_workers: int):
+    def __init__(self, coordinator, worker_options: dict, worker_settings: WorkerSettings, n_workers: int):
         self.coordinator = coordinator
-        self.worker_class = worker_class
+        self.worker_options = worker_options
         self.worker_settings = worker_settings
         self.workers: dict[str, object] = {}
         self.runs: dict[object, str] = {}
@@ -186,7 +189,11 @@ class _Supervisor:
 
     def _start_worker(self) -> None:
         worker_id = uuid.uuid4().hex[:8]
-        worker = self.worker_class.remote(worker_id, self.coordinator, self.worker_settings)
+        import ray
+
+        # Named, so `ray list actors` shows whose it is (and fault tests can find it).
+        actor = ray.remote(Worker).options(name=f"sigray-worker-{worker_id}", **self.worker_options)
+        worker = actor.remote(worker_id, self.coordinator, self.worker_settings)
         self.workers[worker_id] = worker
         self.runs[worker.run.remote()] = worker_id
 

@@ -14,7 +14,9 @@ malformed answers; ``delay_s`` makes each batch take that long; ``log_path`` app
 line per generated prompt (``<sha1 of prompt> <seed>``) so a test can count windows
 generated twice. Lines are written with O_APPEND, whole, from any number of processes.
 ``sigkill_once_path``: the first engine to reach its second batch creates that file
-and SIGKILLs its own process (a real worker death, once per run).
+and SIGKILLs its own process (a real worker death, once per run). ``hang_once_path``:
+the same, but it stops answering instead (a hung engine). ``pid_dir``: each engine
+writes an empty file named after its process id there, so a fault test can find it.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class TestDoubleEngine:
         delay_s: float = 0.0,
         log_path: str | None = None,
         sigkill_once_path: str | None = None,
+        hang_once_path: str | None = None,
+        pid_dir: str | None = None,
     ):
         self.steps = steps
         self.sep = sep
@@ -54,16 +58,18 @@ class TestDoubleEngine:
         self.delay_s = delay_s
         self.log_path = log_path
         self.sigkill_once_path = sigkill_once_path
+        self.hang_once_path = hang_once_path
         self.batches = 0
+        if pid_dir:
+            open(os.path.join(pid_dir, str(os.getpid())), "w").close()
 
     def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[str]]:
         self.batches += 1
-        if self.sigkill_once_path and self.batches == 2:
-            try:
-                os.close(os.open(self.sigkill_once_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                os.kill(os.getpid(), signal.SIGKILL)
-            except FileExistsError:
-                pass
+        if self.batches == 2 and _first_to_create(self.sigkill_once_path):
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.batches == 2 and _first_to_create(self.hang_once_path):
+            while True:
+                time.sleep(60)  # a hung engine: only killing the process ends this
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for GPU time
         texts = [
@@ -109,6 +115,17 @@ class TestDoubleEngine:
         if bare:
             return self.sep.join(str(v) for v in named)
         return "[" + ", ".join(str(v) for v in named) + "]" if named else "no anomalies"
+
+
+def _first_to_create(path: str | None) -> bool:
+    """Create ``path``; True for the one process (of any number) that created it."""
+    if not path:
+        return False
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def _digest(text: str) -> str:

@@ -1,0 +1,119 @@
+"""Real faults during a run (in this test process's Ray cluster): a killed coordinator, a
+killed worker actor, a hung engine. Each time the run must complete with every window
+done exactly once, no retry budget charged, and the answers of an uninterrupted run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import sigray
+from sigray.store import DONE, RunStore
+from tests.conftest import nab_signal
+
+NAME = "ambient_temperature_system_failure"  # 1,175 windows
+FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 4, "chunk_windows": 256, "workers": 2}
+
+
+@pytest.fixture(scope="module")
+def signal() -> str:
+    return nab_signal(NAME)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, signal, tmp_path_factory) -> str:
+    """The store of an uninterrupted run with the same result-changing settings."""
+    store = str(tmp_path_factory.mktemp("reference") / "run")
+    sigray.run([signal], store, **FAST)
+    return store
+
+
+class BackgroundRun:
+    """``sigray.run`` in a thread, so the test can break things while it runs."""
+
+    def __init__(self, signal: str, store: str, **settings):
+        self.store = store
+        self.outcome: dict = {}
+        self.thread = threading.Thread(target=self._run, args=(signal, store, settings), daemon=True)
+        self.thread.start()
+
+    def _run(self, signal, store, settings):
+        try:
+            self.outcome["result"] = sigray.run([signal], store, **settings)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.outcome["error"] = exc
+
+    def wait_for_done(self, at_least: int) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.thread.is_alive(), f"the run ended early: {self.outcome}"
+            try:
+                status, _ = RunStore.open(self.store, read_only=True).read_state()
+                if np.count_nonzero(status == DONE) >= at_least:
+                    return
+            except sigray.StoreError:
+                pass  # not created yet
+            time.sleep(0.1)  # polling interval of an observer, not a race fix
+        raise AssertionError("the run made no progress")
+
+    def result(self):
+        self.thread.join(timeout=300)
+        assert not self.thread.is_alive(), "the run did not finish"
+        if "error" in self.outcome:
+            raise self.outcome["error"]
+        return self.outcome["result"]
+
+
+def _actor(prefix: str):
+    import ray
+
+    names = [n for n in ray.util.list_named_actors() if n.startswith(prefix)]
+    assert names, f"no live actor named {prefix}*"
+    return ray.get_actor(names[0])
+
+
+def _assert_complete_and_identical(store: str, reference: str) -> None:
+    status, attempts = RunStore.open(store).read_state()
+    assert (status == DONE).all(), "every window done"
+    assert (attempts == 1).all(), "no retry budget charged for a fault"
+    assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
+
+
+def test_a_killed_coordinator_is_restarted_rebuilds_from_the_store_and_the_run_completes(
+    ray_session, signal, reference, tmp_path
+):
+    import ray
+
+    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, engine_options={"delay_s": 0.1})
+    run.wait_for_done(200)
+    ray.kill(_actor("sigray-coordinator-"), no_restart=False)  # Ray restarts it (max_restarts=-1)
+    result = run.result()
+    _assert_complete_and_identical(run.store, reference)
+    assert result.computed_windows == 1175
+    assert NAME in result.anomalies
+
+
+def test_a_worker_actor_killed_mid_batch_is_replaced_and_its_windows_requeued_uncharged(
+    ray_session, signal, reference, tmp_path
+):
+    import ray
+
+    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, engine_options={"delay_s": 0.1})
+    run.wait_for_done(200)
+    ray.kill(_actor("sigray-worker-"), no_restart=True)
+    result = run.result()
+    assert result.workers_replaced >= 1 and result.requeued >= 1
+    _assert_complete_and_identical(run.store, reference)
+
+
+def test_a_hung_engine_is_caught_by_its_lease_timeout_and_replaced(ray_session, signal, reference, tmp_path):
+    marker = str(tmp_path / "hung")
+    options = {"delay_s": 0.02, "hang_once_path": marker}
+    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, lease_timeout_s=3.0, engine_options=options)
+    result = run.result()
+    assert (tmp_path / "hung").exists(), "no engine hung"
+    assert result.workers_replaced >= 1 and result.requeued >= 1
+    _assert_complete_and_identical(run.store, reference)

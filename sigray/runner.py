@@ -113,6 +113,8 @@ def execute(
     owner = uuid.uuid4().hex
     store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
     try:
+        for note in store.repair(plan.prompts):
+            log.warning("store %s: %s", config.store, note)
         status, _ = store.read_state()
         result = RunResult(store=config.store, model=config.model, total_windows=len(status))
         result.resumed_windows = int(np.count_nonzero(status != 0))

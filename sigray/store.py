@@ -15,8 +15,11 @@ Layout (format 1), one Zarr v3 group per run::
 Every array is chunked along windows. Only one process (the coordinator) writes, and
 always whole chunks, so concurrent read-modify-write can never lose an update. zarr's
 ``LocalStore`` writes each chunk to a temporary file and renames it into place, so a
-crash leaves either the old or the new chunk. Answers and values are written before the
-status that marks them done: a crash between the two only leaves work to redo. Nothing
+crash leaves either the old or the new chunk (and maybe a stale temporary file, which
+``repair`` removes). Chunks carry zstd content checksums; ``repair`` turns a damaged or
+missing chunk into windows to recompute. Answers and values are written before the
+status that marks them done, attempts last: a crash between them only leaves work to redo,
+with the seeds an uninterrupted run would use. Nothing
 is pickled; opening a store never runs code.
 """
 
@@ -160,12 +163,13 @@ class RunStore:
             group = zarr.open_group(_local_store(tmp), mode="w")
             n, c = layout.n_windows, layout.chunk_windows
             s, h = layout.n_samples, layout.horizon
-            group.create_array("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="")
+            create = _checksummed_array_factory(group)
+            create("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="")
             group["prompts"][:] = np.array(prompts, dtype=object)
-            group.create_array("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING)
-            group.create_array("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0)
-            group.create_array("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="")
-            group.create_array("values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan)
+            create("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING)
+            create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0)
+            create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="")
+            create("values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan)
             group.attrs[_ATTRS_KEY] = {
                 "format_version": STORE_FORMAT_VERSION,
                 "fingerprint": fingerprint,
@@ -195,6 +199,11 @@ class RunStore:
         except (KeyError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             raise StoreError(f"{path} is not a sigray store ({type(exc).__name__}: {exc}).") from None
         version = meta.get("format_version")
+        if isinstance(version, int) and version > STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{path} was written by a newer sigray (store format {version}); this sigray reads format "
+                f"{STORE_FORMAT_VERSION}. Upgrade sigray to resume or read it; nothing was changed."
+            )
         if version != STORE_FORMAT_VERSION:
             raise StoreError(
                 f"{path} has store format {version}; this sigray reads format {STORE_FORMAT_VERSION}. "
@@ -213,6 +222,75 @@ class RunStore:
             f"store {self.path} holds another run; these differ:\n  {listed}\n"
             "Use the original settings to resume, or another --store (or --new) to start over."
         )
+
+    # -- checking (the writer, before it computes) ---------------------------
+
+    def repair(self, prompts: list[str]) -> list[str]:
+        """Find damage a crash or a bad disk left, and make it work to redo, never wrong data.
+
+        Removes temporary files of interrupted chunk writes. A chunk of status, attempts,
+        answers or values that cannot be decoded, holds impossible states, or is missing
+        while its status says done, sends its windows back to pending (their answers are
+        recomputed); a damaged prompts chunk is rewritten from the plan (prompts are
+        derived, the fingerprint proves it is the same plan). Returns one line per repair.
+        """
+        notes = [f"removed {n} temporary file(s) of interrupted writes" for n in [self._remove_partials()] if n]
+        for chunk in range(-(-self.layout.n_windows // self.layout.chunk_windows)):
+            where = self.layout.chunk_slice(chunk)
+            problem = self._chunk_problem(chunk, where)
+            if problem:
+                self._reset_chunk(where)
+                notes.append(
+                    f"chunk {chunk} (windows {where.start}-{where.stop - 1}) was damaged ({problem}); "
+                    "its windows will be computed again"
+                )
+            try:
+                stored = [str(p) for p in self.group["prompts"][where]]
+            except Exception:  # noqa: BLE001 - any decode error: rewrite it
+                stored = None
+            if stored != prompts[where]:
+                self.group["prompts"][where] = np.array(prompts[where], dtype=object)
+                notes.append(f"prompts of chunk {chunk} were damaged; rewritten from the plan")
+        return notes
+
+    def _remove_partials(self) -> int:
+        removed = 0
+        for root, _, files in os.walk(self.path):
+            for name in files:
+                if name.endswith(".partial"):  # zarr LocalStore's temp file: <chunk>.<uuid>.partial
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+        return removed
+
+    def _chunk_problem(self, chunk: int, where: slice) -> str:
+        arrays = {}
+        for name in ("status", "attempts", "answers", "values"):
+            try:
+                arrays[name] = np.asarray(self.group[name][where])
+            except Exception as exc:  # noqa: BLE001 - zarr raises codec-specific errors for damaged chunks
+                return f"{name} unreadable: {type(exc).__name__}"
+        status = arrays["status"]
+        if not np.isin(status, (PENDING, DONE, FAILED)).all():
+            return "status holds unknown states"
+        if (status == DONE).any():
+            missing = [name for name in ("answers", "values") if not self._chunk_exists(name, chunk)]
+            if missing:
+                return f"{' and '.join(missing)} missing for done windows"
+        return ""
+
+    def _chunk_exists(self, name: str, chunk: int) -> bool:
+        array = self.group[name]
+        key = array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
+        return os.path.exists(os.path.join(self.path, name, key))
+
+    def _reset_chunk(self, where: slice) -> None:
+        """Status first: a crash half-way through leaves pending windows, never done ones without answers."""
+        n = where.stop - where.start
+        s, h = self.layout.n_samples, self.layout.horizon
+        self.group["status"][where] = np.full(n, PENDING, dtype="uint8")
+        self.group["attempts"][where] = np.zeros(n, dtype="uint8")
+        self.group["answers"][where] = np.full((n, s), "", dtype=object)
+        self.group["values"][where] = np.full((n, s, h), np.nan, dtype="float32")
 
     # -- reading ------------------------------------------------------------
 
@@ -242,10 +320,14 @@ class RunStore:
     # -- writing (coordinator only) ----------------------------------------
 
     def flush(self, results: WindowResults, status: dict[int, np.ndarray], attempts: dict[int, np.ndarray]) -> None:
-        """Write accepted answers, then attempts, then status, whole chunks at a time.
+        """Write accepted answers, then status, then attempts, whole chunks at a time.
 
         ``status`` and ``attempts`` map a chunk index to that chunk's full contents.
         Answers go first so a status never marks done a window whose answer is not on disk.
+        Attempts go last so a window still pending after a crash keeps the attempt count,
+        hence the seed, it was last asked with: the rerun gets the same answer an
+        uninterrupted run did. (A window settled just before a crash may then show one
+        attempt less than it used.)
         """
         by_chunk = self.layout.chunks(results.windows)
         rows = {int(w): i for i, w in enumerate(results.windows)}
@@ -258,7 +340,7 @@ class RunStore:
                 values[w - where.start] = results.values[rows[w]]
             self.group["answers"][where] = answers
             self.group["values"][where] = values
-        for name, chunks in (("attempts", attempts), ("status", status)):
+        for name, chunks in (("status", status), ("attempts", attempts)):
             for chunk, contents in chunks.items():
                 self.group[name][self.layout.chunk_slice(chunk)] = contents
 
@@ -287,6 +369,16 @@ class RunStore:
         except KeyError:
             return None
         return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def _checksummed_array_factory(group):
+    """``group.create_array`` with zstd's content checksum on: a damaged chunk fails to decode."""
+    from zarr.codecs import ZstdCodec
+
+    def create(name, **kwargs):
+        return group.create_array(name, compressors=ZstdCodec(level=0, checksum=True), **kwargs)
+
+    return create
 
 
 def _versions() -> dict:

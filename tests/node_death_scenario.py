@@ -1,0 +1,58 @@
+"""A node dies ungracefully mid-run: run as its own process (its own Ray cluster).
+
+    python -m tests.node_death_scenario SIGNAL STORE OUT_JSON
+
+Starts a ``ray.cluster_utils.Cluster`` on this machine (a head, two nodes with one fake
+GPU each), runs sigray with one worker per GPU node, removes one worker node
+ungracefully (its raylet and every process on it SIGKILLed) once 200 windows are done,
+adds a fresh node (as an autoscaler would), and writes what happened to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def main(signal: str, store: str, out_json: str) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    import sigray
+    from sigray.store import DONE, RunStore
+    from tests.test_faults import BackgroundRun
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "num_gpus": 0})
+    nodes = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        settings = {"engine": "test-double", "workers": 2, "gpus_per_worker": 1, "batch_size": 4}
+        run = BackgroundRun(signal, store, flush_interval_s=0.5, engine_options={"delay_s": 0.1}, **settings)
+        run.wait_for_done(200)
+        status, _ = RunStore.open(store, read_only=True).read_state()
+        cluster.remove_node(nodes[0], allow_graceful=False)
+        removed_at = time.monotonic()
+        cluster.add_node(num_cpus=1, num_gpus=1)
+        result = run.result()
+        outcome = {
+            "done_at_removal": int(np.count_nonzero(status == DONE)),
+            "seconds_to_finish": time.monotonic() - removed_at,
+            "computed": result.computed_windows,
+            "workers_replaced": result.workers_replaced,
+            "requeued": result.requeued,
+            "anomalies": result.anomalies[result.signals.popitem()[0]].to_dict(orient="list"),
+            "sigray": sigray.__name__,
+        }
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    with open(out_json, "w") as f:
+        json.dump(outcome, f)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -50,6 +50,22 @@ class CoordinatorSettings:
     lease_timeout_s: float
 
 
+@dataclass(frozen=True)
+class Health:
+    """What the supervisor checks every second.
+
+    ``seen``: workers that called this coordinator incarnation, ``uptime_s`` after it
+    started. A live worker calls within one batch; one that called an earlier
+    incarnation but not this one for a lease timeout is hung (it held a lease the
+    restarted coordinator cannot time out).
+    """
+
+    fatal: str | None
+    timed_out: list[str]
+    seen: frozenset[str]
+    uptime_s: float
+
+
 @dataclass
 class _Lease:
     worker_id: str
@@ -84,6 +100,8 @@ class Coordinator:
         self.requeued = 0
         self.resumed_settled = self.done + self.failed
         self.timed_out_workers: list[str] = []
+        self.started = time.monotonic()
+        self.seen_workers: set[str] = set()  # workers that called this incarnation
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
         self.fatal: str | None = None
         self.stopping = False
@@ -105,6 +123,7 @@ class Coordinator:
         Returns None when the run is finished or stopping: the worker should exit.
         """
         self._ensure_flusher()
+        self.seen_workers.add(worker_id)
         while True:
             if self._finished.is_set() or self.stopping or self.fatal:
                 return None
@@ -116,6 +135,7 @@ class Coordinator:
 
     async def report(self, report: BatchReport) -> None:
         """Record a batch's verdicts (see the module invariants)."""
+        self.seen_workers.add(report.worker_id)
         held = self.leases.get(report.lease_id)
         if held is not None and held.worker_id != report.worker_id:
             held = None
@@ -173,10 +193,10 @@ class Coordinator:
             finished=self._finished.is_set(),
         )
 
-    async def health(self) -> tuple[str | None, list[str]]:
-        """(fatal error or None, workers whose lease timed out since the last call)."""
+    async def health(self) -> Health:
+        """A fatal error, workers whose lease timed out since the last call, and who has called."""
         timed_out, self.timed_out_workers = self.timed_out_workers, []
-        return self.fatal, timed_out
+        return Health(self.fatal, timed_out, frozenset(self.seen_workers), time.monotonic() - self.started)
 
     async def wait_finished(self) -> Progress:
         """Wait until every window is done or failed, flush, and report."""

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sigray import lease as store_lease
-from sigray.coordinator import Coordinator, CoordinatorSettings
+from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.errors import SigrayError
 from sigray.messages import Progress
 from sigray.plan import RunPlan
@@ -161,7 +161,7 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
         "max_restarts": 0,
         "runtime_env": {"env_vars": _worker_env()},
     }
-    supervisor = _Supervisor(coordinator, worker_options, worker_settings, config.workers)
+    supervisor = _Supervisor(coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s)
     try:
         with _StopRequested(deadline_s) as stop:
             final = supervisor.supervise(stop, on_progress)
@@ -178,14 +178,23 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
 class _Supervisor:
     """Keeps ``n_workers`` workers serving the coordinator until the run ends."""
 
-    def __init__(self, coordinator, worker_options: dict, worker_settings: WorkerSettings, n_workers: int):
+    def __init__(
+        self, coordinator, worker_options: dict, worker_settings: WorkerSettings, n_workers: int, lease_timeout_s: float
+    ):
         self.coordinator = coordinator
+        self.lease_timeout_s = lease_timeout_s
+        self.ever_seen: set[str] = set()  # workers that have called some coordinator incarnation
+        self.killed: set[str] = set()
         self.worker_options = worker_options
         self.worker_settings = worker_settings
         self.workers: dict[str, object] = {}
         self.runs: dict[object, str] = {}
         self.replaced = 0
-        self.max_replacements = 3 * n_workers + 3
+        # Workers lost in a row with no window settled in between: a crash loop (an engine
+        # that cannot load), not preemptions. Progress between losses resets the count.
+        self.lost_in_a_row = 0
+        self.settled_at_last_loss = -1
+        self.max_lost_in_a_row = 3 * n_workers + 3
         for _ in range(n_workers):
             self._start_worker()
 
@@ -213,13 +222,9 @@ class _Supervisor:
                     continue
             for ref in ready:
                 self._worker_ended(ref)
-            fatal, timed_out = self._ask(self.coordinator.health.remote(), (None, []))
-            if fatal:
-                raise SigrayError(f"the run stopped: {fatal}. Fix the cause and run the same command to resume.")
-            for worker_id in timed_out:
-                if worker_id in self.workers:
-                    log.warning("worker %s stopped answering; replacing it", worker_id)
-                    ray.kill(self.workers[worker_id], no_restart=True)
+            health = self._ask(self.coordinator.health.remote(), None)
+            if health is not None:
+                self._check(health)
             if stop.requested:
                 log.warning("stop requested: flushing and exiting; run the same command to resume")
                 return ray.get(self.coordinator.stop.remote())
@@ -227,20 +232,51 @@ class _Supervisor:
             if progress is not None and on_progress is not None:
                 on_progress(progress)
 
+    def _check(self, health: Health) -> None:
+        """Stop on a fatal store error; kill workers that stopped answering (replaced when their run ends)."""
+        if health.fatal:
+            raise SigrayError(f"the run stopped: {health.fatal}. Fix the cause and run the same command to resume.")
+        self.ever_seen |= health.seen
+        hung = {w: "its lease timed out" for w in health.timed_out}
+        if health.uptime_s > self.lease_timeout_s:
+            for worker_id in self.ever_seen - health.seen:
+                hung.setdefault(worker_id, "it never came back to the restarted coordinator")
+        for worker_id, why in hung.items():
+            if worker_id in self.workers and worker_id not in self.killed:
+                log.warning("worker %s stopped answering (%s); replacing it", worker_id, why)
+                self.killed.add(worker_id)
+                self._kill(worker_id)
+
+    def _kill(self, worker_id: str) -> None:
+        import ray
+
+        ray.kill(self.workers[worker_id], no_restart=True)
+
     def _worker_ended(self, ref) -> None:
         import ray
 
         worker_id = self.runs.pop(ref)
-        self.workers.pop(worker_id, None)
+        worker = self.workers.pop(worker_id, None)
         try:
             ray.get(ref)
             return  # it ran out of work: the run is finishing or stopping
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
             cause = exc
+        if worker is not None:
+            # Ray may declare an unresponsive (frozen) process dead while it still holds its
+            # CPUs and GPUs; make sure it is gone before its replacement needs them.
+            ray.kill(worker, no_restart=True)
         requeued = self._ask(self.coordinator.worker_lost.remote(worker_id), 0)
         log.warning("worker %s was lost (%s); %s windows requeued", worker_id, _one_line(cause), requeued)
-        if self.replaced >= self.max_replacements:
-            raise SigrayError(f"workers keep failing ({self.replaced} replaced); last error: {_one_line(cause)}")
+        progress = self._ask(self.coordinator.progress.remote(), None)
+        settled = -1 if progress is None else progress.done + progress.failed
+        self.lost_in_a_row = 1 if settled > self.settled_at_last_loss else self.lost_in_a_row + 1
+        self.settled_at_last_loss = max(settled, self.settled_at_last_loss)
+        if self.lost_in_a_row > self.max_lost_in_a_row:
+            raise SigrayError(
+                f"workers keep failing ({self.lost_in_a_row} lost with no progress in between); "
+                f"last error: {_one_line(cause)}"
+            )
         self.replaced += 1
         self._start_worker()
 

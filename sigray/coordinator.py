@@ -87,6 +87,8 @@ class Coordinator:
         self.attempts = self.attempts.copy()
         self.prompts = self.store.read_prompts()
         n = len(self.status)
+        self._reset_buffer()
+        self._count_the_last_answer_of_done_windows()
         self.lease_of = np.full(n, -1, dtype=np.int64)
         self.queued = self.status == PENDING
         self.queue = collections.deque(np.flatnonzero(self.queued).tolist())
@@ -105,7 +107,6 @@ class Coordinator:
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
         self.fatal: str | None = None
         self.stopping = False
-        self._reset_buffer()
         self._work_available = asyncio.Event()
         self._no_leases = asyncio.Event()
         self._saved = (self.done, self.failed)  # counts as of the last flush
@@ -241,6 +242,14 @@ class Coordinator:
                 self._work_available.set()
 
     # -- internals ----------------------------------------------------------
+
+    def _count_the_last_answer_of_done_windows(self) -> None:
+        """A crash between a flush's status write and its attempts write leaves done windows
+        one attempt short; a done window has had at least its accepted answer."""
+        short = np.flatnonzero((self.status == DONE) & (self.attempts == 0))
+        if short.size:
+            self.attempts[short] = 1
+            self._dirty_attempts.update((short // self.store.layout.chunk_windows).tolist())
 
     @property
     def _chunk(self) -> int:

@@ -24,6 +24,7 @@ import uuid
 from dataclasses import asdict, dataclass, replace
 
 from sigray.errors import StoreError, StoreLockedError
+from sigray.storage import Location
 
 _LEASE = "lease.json"
 _MUTEX = "lease.mutex"
@@ -60,11 +61,11 @@ def new_owner_id() -> str:
 
 
 def read_lease(store_path: str) -> Lease | None:
-    try:
-        with open(os.path.join(store_path, _LEASE)) as f:
-            return Lease(**json.load(f))
-    except FileNotFoundError:
+    data = Location(store_path).read(_LEASE)
+    if data is None:
         return None
+    try:
+        return Lease(**json.loads(data))
     except (ValueError, TypeError):
         return None  # a damaged lease file protects nothing; it is replaced on acquire
 
@@ -112,10 +113,7 @@ def release(store_path: str, owner: str) -> None:
     """Give the lease up if we hold it (a finished run lets the next one in at once)."""
     held = read_lease(store_path)
     if held is not None and held.owner == owner:
-        try:
-            os.remove(os.path.join(store_path, _LEASE))
-        except FileNotFoundError:
-            pass
+        Location(store_path).remove(_LEASE)
 
 
 def _fresh(owner: str, ttl_s: float, renew_every_s: float, now: float) -> Lease:
@@ -130,11 +128,8 @@ def _fresh(owner: str, ttl_s: float, renew_every_s: float, now: float) -> Lease:
 
 
 def _write(store_path: str, lease: Lease) -> None:
-    tmp = os.path.join(store_path, f".{_LEASE}.{uuid.uuid4().hex}")
     try:
-        with open(tmp, "w") as f:
-            json.dump(asdict(lease), f)
-        os.replace(tmp, os.path.join(store_path, _LEASE))
+        Location(store_path).write(_LEASE, json.dumps(asdict(lease)).encode())
     except OSError as exc:
         raise StoreError(f"cannot write the lease of store {store_path}: {exc.strerror or exc}.") from None
 
@@ -150,34 +145,28 @@ def _process_exists(pid: int) -> bool:
 
 
 class _Mutex:
-    """An exclusive-create file held for the few milliseconds of an acquire."""
+    """An exclusive-create file (a conditional PUT on object stores) held for the moment of an acquire."""
 
     def __init__(self, store_path: str):
-        self.path = os.path.join(store_path, _MUTEX)
+        self.location = Location(store_path)
 
     def __enter__(self) -> _Mutex:
         deadline = time.monotonic() + 10.0
         while True:
             try:
-                os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                return self
-            except FileExistsError:
+                if self.location.create_exclusive(_MUTEX):
+                    return self
                 self._clear_if_stale()
             except OSError as exc:
-                raise StoreError(f"cannot lock store {os.path.dirname(self.path)}: {exc.strerror or exc}.") from None
+                raise StoreError(f"cannot lock store {self.location.path}: {exc.strerror or exc}.") from None
             if time.monotonic() > deadline:
-                raise StoreLockedError(f"store {os.path.dirname(self.path)}: another process is taking its lease.")
+                raise StoreLockedError(f"store {self.location.path}: another process is taking its lease.")
             time.sleep(0.05)  # another acquire holds the mutex for milliseconds
 
     def __exit__(self, *exc) -> None:
-        try:
-            os.remove(self.path)
-        except FileNotFoundError:
-            pass
+        self.location.remove(_MUTEX)
 
     def _clear_if_stale(self) -> None:
-        try:
-            if time.time() - os.path.getmtime(self.path) > _MUTEX_STALE_S:
-                os.remove(self.path)  # left by a process killed inside an acquire
-        except FileNotFoundError:
-            pass
+        age = self.location.age_s(_MUTEX, time.time())
+        if age is not None and age > _MUTEX_STALE_S:
+            self.location.remove(_MUTEX)  # left by a process killed inside an acquire

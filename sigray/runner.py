@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from sigray import lease as store_lease
+from sigray import storage
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.errors import SigrayError
 from sigray.messages import Progress
@@ -137,7 +138,7 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     settings = CoordinatorSettings(
-        store_path=os.path.abspath(config.store),
+        store_path=storage.normalize(config.store),
         owner=owner,
         lease_ttl_s=config.store_lease_s,
         batch_size=config.batch_size,
@@ -149,7 +150,12 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     )
     coordinator = (
         ray.remote(Coordinator)
-        .options(max_restarts=-1, num_cpus=0, name=f"sigray-coordinator-{owner[:12]}")
+        .options(
+            max_restarts=-1,
+            num_cpus=0,
+            name=f"sigray-coordinator-{owner[:12]}",
+            runtime_env={"env_vars": storage.client_env()},  # how to reach an object store
+        )
         .remote(settings)
     )
     worker_settings = WorkerSettings(

@@ -35,6 +35,7 @@ import numpy as np
 
 from sigray.config import STORE_FORMAT_VERSION, identity_differences
 from sigray.errors import ConfigMismatchError, StoreError
+from sigray.storage import Location
 
 PENDING, DONE, FAILED = 0, 1, 2
 _ATTRS_KEY = "sigray"
@@ -112,13 +113,6 @@ def _zarr():
     return zarr
 
 
-def _local_store(path: str, read_only: bool = False):
-    """zarr's LocalStore: it writes chunks atomically (temp file + rename)."""
-    from zarr.storage import LocalStore
-
-    return LocalStore(path, read_only=read_only)
-
-
 class RunStore:
     """One run's store on disk. Only the coordinator calls the writing methods."""
 
@@ -145,22 +139,27 @@ class RunStore:
         Raises ConfigMismatchError naming the differing fields when the store holds
         another run, and StoreError when ``path`` is not a usable store location.
         """
-        if os.path.exists(path) and not os.path.isdir(path):
+        location = Location(path)
+        if location.is_file():
             raise StoreError(f"store path {path} is a file, not a directory; choose another --store.")
-        if os.path.isdir(path) and os.listdir(path):
+        if location.remote and location.holds("zarr.json") or not location.remote and not location.is_empty():
             store = cls.open(path)
             store.check_identity(identity, fingerprint)
             return store
-        return cls._create(path, identity, fingerprint, layout, prompts, config)
+        return cls._create(location, identity, fingerprint, layout, prompts, config)
 
     @classmethod
-    def _create(cls, path, identity, fingerprint, layout, prompts, config) -> RunStore:
+    def _create(cls, location: Location, identity, fingerprint, layout, prompts, config) -> RunStore:
+        """A store either exists whole or not at all: locally it is built under a temporary
+        name and renamed; on an object store its group metadata, which ``open`` needs, is
+        written last (a half-built prefix has none and is built again)."""
         zarr = _zarr()
-        # Build under a temporary name and rename: a store either exists whole or not at all.
-        tmp = f"{path.rstrip('/')}.creating-{os.getpid()}"
+        path = location.path
+        tmp = path if location.remote else f"{path}.creating-{os.getpid()}"
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(tmp)), exist_ok=True)
-            group = zarr.open_group(_local_store(tmp), mode="w")
+            if not location.remote:
+                os.makedirs(os.path.dirname(tmp), exist_ok=True)
+            group = zarr.open_group(Location(tmp).zarr_store(), mode="w")
             n, c = layout.n_windows, layout.chunk_windows
             s, h = layout.n_samples, layout.horizon
             create = _checksummed_array_factory(group)
@@ -170,7 +169,7 @@ class RunStore:
             create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0)
             create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="")
             create("values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan)
-            group.attrs[_ATTRS_KEY] = {
+            group.attrs[_ATTRS_KEY] = {  # last: it makes the store a store
                 "format_version": STORE_FORMAT_VERSION,
                 "fingerprint": fingerprint,
                 "identity": identity,
@@ -179,11 +178,13 @@ class RunStore:
                 "versions": _versions(),
                 "created": time.time(),
             }
-            if os.path.isdir(path):
-                os.rmdir(path)  # an empty directory the user made for us
-            os.rename(tmp, path)
+            if not location.remote:
+                if os.path.isdir(path):
+                    os.rmdir(path)  # an empty directory the user made for us
+                os.rename(tmp, path)
         except OSError as exc:
-            _remove_tree(tmp)
+            if not location.remote:
+                Location(tmp).remove_tree()
             raise StoreError(f"cannot create store {path}: {exc.strerror or exc}.") from None
         return cls.open(path)
 
@@ -191,10 +192,11 @@ class RunStore:
     def open(cls, path: str, read_only: bool = False) -> RunStore:
         """Open an existing store; StoreError when it is not one sigray can read."""
         zarr = _zarr()
-        if not os.path.isdir(path):
+        location = Location(path)
+        if not location.remote and not os.path.isdir(location.path):
             raise StoreError(f"no sigray store at {path}.")
         try:
-            group = zarr.open_group(_local_store(path, read_only=True), mode="r")
+            group = zarr.open_group(location.zarr_store(read_only=True), mode="r")
             meta = dict(group.attrs[_ATTRS_KEY])
         except (KeyError, FileNotFoundError, ValueError, json.JSONDecodeError) as exc:
             raise StoreError(f"{path} is not a sigray store ({type(exc).__name__}: {exc}).") from None
@@ -210,7 +212,7 @@ class RunStore:
                 "Use the sigray version that wrote it, or start a new store."
             )
         if not read_only:
-            group = zarr.open_group(_local_store(path), mode="r+")
+            group = zarr.open_group(location.zarr_store(), mode="r+")
         return cls(path, group, StoreLayout.from_json(meta["layout"]), meta)
 
     def check_identity(self, identity: dict, fingerprint: str) -> None:
@@ -254,6 +256,8 @@ class RunStore:
         return notes
 
     def _remove_partials(self) -> int:
+        if Location(self.path).remote:
+            return 0  # object stores write whole objects: nothing is left half-written
         removed = 0
         for root, _, files in os.walk(self.path):
             for name in files:
@@ -281,7 +285,7 @@ class RunStore:
     def _chunk_exists(self, name: str, chunk: int) -> bool:
         array = self.group[name]
         key = array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
-        return os.path.exists(os.path.join(self.path, name, key))
+        return Location(self.path).holds(f"{name}/{key}")
 
     def _reset_chunk(self, where: slice) -> None:
         """Status first: a crash half-way through leaves pending windows, never done ones without answers."""
@@ -391,9 +395,3 @@ def _versions() -> dict:
         except PackageNotFoundError:
             pass
     return found
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

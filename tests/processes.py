@@ -59,13 +59,12 @@ def wait_for_done(store: str, at_least: int, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         assert process.poll() is None, process.stdout.read().decode()[-3000:]
-        if os.path.exists(os.path.join(store, "zarr.json")):
-            try:
-                status, _ = RunStore.open(store, read_only=True).read_state()
-            except sigray.StoreError:
-                status = np.zeros(0)
-            if np.count_nonzero(status == DONE) >= at_least:
-                return
+        try:
+            status, _ = RunStore.open(store, read_only=True).read_state()
+        except sigray.StoreError:
+            status = np.zeros(0)  # not created yet
+        if np.count_nonzero(status == DONE) >= at_least:
+            return
         time.sleep(0.2)  # polling interval of an observer, not a race fix
     raise AssertionError("the run made no progress")
 

@@ -28,7 +28,6 @@ _PERFORMANCE_ONLY_ENGINE_OPTIONS = frozenset(
         "log_path",
         "sigkill_once_path",
         "hang_once_path",
-        "pid_dir",
     }
 )
 

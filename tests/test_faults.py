@@ -117,3 +117,14 @@ def test_a_hung_engine_is_caught_by_its_lease_timeout_and_replaced(ray_session, 
     assert (tmp_path / "hung").exists(), "no engine hung"
     assert result.workers_replaced >= 1 and result.requeued >= 1
     _assert_complete_and_identical(run.store, reference)
+
+
+def test_an_engine_that_cannot_load_stops_the_run_with_its_error_instead_of_looping(ray_session, cpu_signal, tmp_path):
+    store = str(tmp_path / "run")
+    with pytest.raises(sigray.SigrayError, match=r"workers keep failing \(\d+ lost with no progress in between\)"):
+        sigray.run([cpu_signal], store, **{**FAST, "engine_options": {"fail_to_load": True}})
+    status, _ = RunStore.open(store).read_state()
+    assert (status == 0).all()  # nothing half-done; the store is ready for a rerun
+    from sigray.lease import read_lease
+
+    assert read_lease(store) is None, "the failed run gave its lease back"

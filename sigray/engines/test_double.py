@@ -15,8 +15,8 @@ line per generated prompt (``<sha1 of prompt> <seed>``) so a test can count wind
 generated twice. Lines are written with O_APPEND, whole, from any number of processes.
 ``sigkill_once_path``: the first engine to reach its second batch creates that file
 and SIGKILLs its own process (a real worker death, once per run). ``hang_once_path``:
-the same, but it stops answering instead (a hung engine). ``pid_dir``: each engine
-writes an empty file named after its process id there, so a fault test can find it.
+the same, but it stops answering instead (a hung engine). ``fail_to_load``: construction
+raises, as an engine whose model cannot load.
 """
 
 from __future__ import annotations
@@ -49,8 +49,10 @@ class TestDoubleEngine:
         log_path: str | None = None,
         sigkill_once_path: str | None = None,
         hang_once_path: str | None = None,
-        pid_dir: str | None = None,
+        fail_to_load: bool = False,
     ):
+        if fail_to_load:
+            raise RuntimeError("test double: the engine failed to load (as a model that does not fit would)")
         self.steps = steps
         self.sep = sep
         self.noise = noise
@@ -60,8 +62,6 @@ class TestDoubleEngine:
         self.sigkill_once_path = sigkill_once_path
         self.hang_once_path = hang_once_path
         self.batches = 0
-        if pid_dir:
-            open(os.path.join(pid_dir, str(os.getpid())), "w").close()
 
     def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[str]]:
         self.batches += 1

@@ -80,6 +80,7 @@ def test_a_run_on_s3_equals_a_run_on_local_disk(ray_session, cpu_signal, tmp_pat
         sigray.run([cpu_signal], remote, **{**FAST, "seed": 1})
 
 
+@pytest.mark.extended
 def test_a_killed_coordinator_resumes_from_the_object_store(ray_session, tmp_path, s3_bucket):
     import ray
 
@@ -98,6 +99,7 @@ def test_a_killed_coordinator_resumes_from_the_object_store(ray_session, tmp_pat
     assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
 
 
+@pytest.mark.extended
 def test_a_sigkilled_driver_resumes_from_the_object_store_redoing_only_unflushed_work(
     ray_session, cpu_signal, tmp_path, short_tmp, s3_bucket
 ):

@@ -53,6 +53,7 @@ def test_unconstrained_garbage_from_a_real_model_is_retried_then_failed(ray_sess
     assert sorted(result.signals[NAME].failed_windows) == np.flatnonzero(status == FAILED).tolist()
 
 
+@pytest.mark.extended
 def test_a_vllm_run_killed_mid_way_resumes_to_the_uninterrupted_answers(ray_session, tiny_model, tmp_path, short_tmp):
     from tests.conftest import nab_signal
 

@@ -36,6 +36,11 @@ class Signal:
         return h.hexdigest()
 
 
+# sigllm's Float2Scalar turns (value - minimum) x 10^decimal into int64 (< 9.2e18); this bound
+# keeps that exact for decimal <= 3, with room to spare.
+MAX_ABS_VALUE = 1e15
+
+
 def _timestamps_as_seconds(column: pd.Series, where: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column):
         if column.isna().any():
@@ -80,6 +85,12 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None) 
     if not np.all(np.isfinite(values)):
         row = _first_bad_row(~np.isfinite(values))
         raise InputError(f"{where}: 'value' row {row} is NaN, empty or infinite; fill or drop it first.")
+    if np.any(np.abs(values) > MAX_ABS_VALUE):
+        row = _first_bad_row(np.abs(values) > MAX_ABS_VALUE)
+        raise InputError(
+            f"{where}: 'value' row {row} ({values[row - 2]:g}) is beyond +-{MAX_ABS_VALUE:g}: sigllm writes values "
+            "as integers (x10^decimal) and such values overflow them; rescale the signal first."
+        )
     timestamps = np.asarray(_timestamps_as_seconds(frame["timestamp"], where), dtype="int64")
     steps = np.diff(timestamps)
     if np.any(steps == 0):

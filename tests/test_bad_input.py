@@ -24,11 +24,19 @@ GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i i
         ("unsorted_ts.csv", "timestamp,value\n5,2\n3,3\n", "timestamps are not sorted (row 3"),
         ("bad_date.csv", "timestamp,value\n2020-01-01,2\nsoon,3\n", "row 3 ('soon') is neither"),
         ("short.csv", "timestamp,value\n" + "".join(f"{i * 300},{i}\n" for i in range(100)), "too short for one"),
+        ("one_row.csv", "timestamp,value\n1400000000,5\n", "too short for one window"),
+        ("semicolons.csv", "timestamp;value\n1;2\n2;3\n", "missing ['timestamp', 'value'], found ['timestamp;value']"),
+        ("huge.csv", GOOD.replace(",3\n", ",3e300\n", 1), "is beyond +-1e+15"),
+        ("negative_huge.csv", GOOD.replace(",5\n", ",-2e16\n", 1), "is beyond +-1e+15"),
+        ("binary.csv", bytes(range(256)) * 20, "not a readable CSV file"),
     ],
 )
 def test_bad_signal_files_are_refused_before_any_engine_starts(tmp_path, capsys, name, content, message):
     path = tmp_path / name
-    path.write_text(content)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content)
     store = tmp_path / "store"
     code = main(["run", str(path), "--store", str(store), "--engine", "test-double"])
     err = capsys.readouterr().err
@@ -73,3 +81,92 @@ def test_a_model_that_cannot_be_found_is_refused_before_ray_starts(tmp_path, cap
     assert "no-model" in capsys.readouterr().err
     assert not ray.is_initialized()
     assert not os.path.exists(tmp_path / "s")
+
+
+def _run_cli(tmp_path, *args: str) -> int:
+    return main(["run", *args, "--engine", "test-double"])
+
+
+def test_a_directory_given_as_a_signal_is_named(tmp_path, capsys):
+    assert _run_cli(tmp_path, str(tmp_path), "--store", str(tmp_path / "s")) == 2
+    assert "is a directory, not a CSV file" in capsys.readouterr().err
+
+
+def test_bad_settings_are_named_before_anything_is_written(tmp_path, capsys):
+    signal = tmp_path / "ok.csv"
+    signal.write_text(GOOD)
+    store = str(tmp_path / "s")
+    cases = [
+        (["--max-attempts", "0"], "invalid run configuration: max_attempts=0"),
+        (["--param", "no.such.block#1.x=1"], "pipeline has no block 'no.such.block#1'"),
+        (["--normal", str(signal)], "takes no normal reference signal"),
+        (["--pipeline", "mistral_prompter_1shot"], "needs a normal reference signal"),
+        (["--fix-error-units", "--pipeline", "mistral_detector_kmeans"], "fix_error_units applies to"),
+    ]
+    for extra, message in cases:
+        assert _run_cli(tmp_path, str(signal), "--store", store, *extra) == 2, extra
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (extra, err)
+    assert not os.path.exists(store)
+
+
+def test_irregular_sampling_and_unicode_paths_are_accepted(tmp_path):
+    """sigllm aggregates to a fixed interval (time_segments_aggregate): gaps and jitter are its job."""
+    from sigray.config import RunConfig
+    from sigray.plan import make_plan
+
+    rows = [(1400000000 + 300 * i + (i % 7) * 13, i % 11) for i in range(20000) if i % 50 != 0]
+    folder = tmp_path / "données_温度"
+    folder.mkdir()
+    signal = folder / "capteur_é.csv"
+    signal.write_text("timestamp,value\n" + "".join(f"{t},{v}\n" for t, v in rows))
+    plan = make_plan(RunConfig(store=str(folder / "magasin"), engine="test-double"), [str(signal)])
+    assert plan.plans[0].signal.name == "capteur_é" and plan.plans[0].n_windows > 0
+
+
+def _hashes(root) -> dict:
+    import hashlib
+
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(folder, name), "rb") as f:
+                found[os.path.join(folder, name)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def test_bad_input_against_an_existing_store_changes_nothing_in_it(tmp_path, capsys):
+    from sigray.config import RunConfig
+    from sigray.plan import make_plan
+    from sigray.store import RunStore
+
+    good, bad, store = tmp_path / "ok.csv", tmp_path / "bad.csv", str(tmp_path / "store")
+    good.write_text(GOOD)
+    bad.write_text("timestamp,value\n1,2\n1,3\n")
+    plan = make_plan(RunConfig(store=store, model="", engine="test-double"), [str(good)])
+    RunStore.create_or_open(store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, plan.config.to_json())
+    before = _hashes(store)
+    assert _run_cli(tmp_path, str(bad), "--store", store) == 2
+    assert "duplicate timestamp" in capsys.readouterr().err
+    assert _run_cli(tmp_path, str(good), "--store", store, "--seed", "3") == 2
+    assert "holds another run" in capsys.readouterr().err
+    assert _hashes(store) == before
+
+
+def test_a_store_on_a_read_only_file_system_is_a_clear_error(tmp_path, capsys):
+    """Root ignores file permissions; a read-only mount refuses everyone."""
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        signal = tmp_path / "ok.csv"
+        signal.write_text(GOOD)
+        assert _run_cli(tmp_path, str(signal), "--store", str(mount / "store")) == 2
+        err = capsys.readouterr().err
+        assert "cannot create store" in err and "Read-only file system" in err and "Traceback" not in err
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)

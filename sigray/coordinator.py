@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sigray import lease as store_lease
+from sigray.errors import StoreError
 from sigray.messages import Batch, BatchReport, Progress
 from sigray.store import DONE, FAILED, PENDING, RunStore, WindowResults
 
@@ -85,7 +86,7 @@ class Coordinator:
         self.status, self.attempts = self.store.read_state()
         self.status = self.status.copy()
         self.attempts = self.attempts.copy()
-        self.prompts = self.store.read_prompts()
+        self.prompts = _PromptChunks(self.store)
         n = len(self.status)
         self._reset_buffer()
         self._count_the_last_answer_of_done_windows()
@@ -130,7 +131,13 @@ class Coordinator:
                 return None
             windows = self._take(self.settings.batch_size)
             if windows.size:
-                return self._lease(worker_id, windows)
+                try:
+                    prompts = self.prompts.get(windows)
+                except StoreError as exc:  # a prompts chunk damaged after the driver's repair
+                    self.fatal = str(exc)
+                    self._work_available.set()
+                    return None
+                return self._lease(worker_id, windows, prompts)
             self._work_available.clear()
             await self._work_available.wait()
 
@@ -283,7 +290,7 @@ class Coordinator:
                 taken.append(w)
         return np.asarray(taken, dtype=np.int64)
 
-    def _lease(self, worker_id: str, windows: np.ndarray) -> Batch:
+    def _lease(self, worker_id: str, windows: np.ndarray, prompts: list[str]) -> Batch:
         self.first_lease_at = self.first_lease_at or time.monotonic()
         lease_id = self.next_lease_id
         self.next_lease_id += 1
@@ -292,7 +299,7 @@ class Coordinator:
         return Batch(
             lease_id=lease_id,
             windows=windows,
-            prompts=[self.prompts[w] for w in windows.tolist()],
+            prompts=prompts,
             seeds=[self.seed_for(w, int(self.attempts[w])) for w in windows.tolist()],
         )
 
@@ -355,3 +362,32 @@ class Coordinator:
         self._saved = (self.done, self.failed)
         self._reset_buffer()
         return results, status, attempts
+
+
+class _PromptChunks:
+    """Prompts read from the store a chunk at a time, when first leased.
+
+    A restarted coordinator is ready once it has read status and attempts (two bytes a
+    window), not every prompt (1e6 windows: ~0.6 GB). Windows are leased mostly in order,
+    so a handful of cached chunks serves nearly every batch; a requeued window far behind
+    costs one chunk read.
+    """
+
+    def __init__(self, store: RunStore, cached_chunks: int = 8):
+        self.store = store
+        self.cached_chunks = cached_chunks
+        self.chunks: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
+
+    def get(self, windows: np.ndarray) -> list[str]:
+        size = self.store.layout.chunk_windows
+        return [self._chunk(w // size)[w % size] for w in windows.tolist()]
+
+    def _chunk(self, chunk: int) -> list[str]:
+        if chunk in self.chunks:
+            self.chunks.move_to_end(chunk)
+        else:
+            where = self.store.layout.chunk_slice(chunk)
+            self.chunks[chunk] = self.store.read_prompts(where.start, where.stop)
+            if len(self.chunks) > self.cached_chunks:
+                self.chunks.popitem(last=False)
+        return self.chunks[chunk]

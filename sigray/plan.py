@@ -59,9 +59,7 @@ def make_plan(config: RunConfig, sources: list) -> RunPlan:
         offset += plan.n_windows
     sampling = pipeline.sampling(answers, config.constrained)
     identity = config.identity(pipeline.spec, {s.name: s.digest() for s in signals})
-    identity["answers"] = {"sep": answers.sep, "max_digits": answers.max_digits}
-    if hasattr(answers, "steps"):
-        identity["answers"]["steps"] = answers.steps
+    identity["answers"] = answers.identity
     if normal is not None:
         identity["normal"] = normal.digest()
     layout = StoreLayout(

@@ -131,6 +131,7 @@ def execute(
 
 def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_options) -> None:
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     config = plan.config
     _ensure_ray(ray_options)
@@ -154,6 +155,9 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
             max_restarts=-1,
             num_cpus=0,
             name=f"sigray-coordinator-{owner[:12]}",
+            # Beside the driver: a lost GPU node then costs only its worker's leases, never
+            # the run's state; if the driver's node itself dies, the restart goes anywhere.
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
             runtime_env={"env_vars": storage.client_env()},  # how to reach an object store
         )
         .remote(settings)
@@ -240,6 +244,8 @@ class _Supervisor:
 
     def _check(self, health: Health) -> None:
         """Stop on a fatal store error; kill workers that stopped answering (replaced when their run ends)."""
+        import ray
+
         if health.fatal:
             raise SigrayError(f"the run stopped: {health.fatal}. Fix the cause and run the same command to resume.")
         self.ever_seen |= health.seen
@@ -251,12 +257,7 @@ class _Supervisor:
             if worker_id in self.workers and worker_id not in self.killed:
                 log.warning("worker %s stopped answering (%s); replacing it", worker_id, why)
                 self.killed.add(worker_id)
-                self._kill(worker_id)
-
-    def _kill(self, worker_id: str) -> None:
-        import ray
-
-        ray.kill(self.workers[worker_id], no_restart=True)
+                ray.kill(self.workers[worker_id], no_restart=True)
 
     def _worker_ended(self, ref) -> None:
         import ray

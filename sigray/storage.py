@@ -67,10 +67,12 @@ class Location:
             return self._fs.exists(self.join(name))
         return os.path.exists(self.join(name))
 
-    def is_empty(self) -> bool:
+    def occupied(self) -> bool:
+        """Whether something is already here: a non-empty directory, or a store's metadata object
+        (an object prefix without it is a half-created store, created again)."""
         if self.remote:
-            return not self._fs.exists(self._root) or not self._fs.ls(self._root)
-        return not os.path.isdir(self.path) or not os.listdir(self.path)
+            return self.holds("zarr.json")
+        return os.path.isdir(self.path) and bool(os.listdir(self.path))
 
     def zarr_store(self, read_only: bool = False):
         """zarr's LocalStore (atomic temp + rename writes) or FsspecStore (whole-object PUTs)."""

@@ -118,6 +118,7 @@ class RunStore:
 
     def __init__(self, path: str, group, layout: StoreLayout, meta: dict):
         self.path = path
+        self.location = Location(path)
         self.group = group
         self.layout = layout
         self.meta = meta
@@ -142,7 +143,7 @@ class RunStore:
         location = Location(path)
         if location.is_file():
             raise StoreError(f"store path {path} is a file, not a directory; choose another --store.")
-        if location.remote and location.holds("zarr.json") or not location.remote and not location.is_empty():
+        if location.occupied():
             store = cls.open(path)
             store.check_identity(identity, fingerprint)
             return store
@@ -236,7 +237,8 @@ class RunStore:
         recomputed); a damaged prompts chunk is rewritten from the plan (prompts are
         derived, the fingerprint proves it is the same plan). Returns one line per repair.
         """
-        notes = [f"removed {n} temporary file(s) of interrupted writes" for n in [self._remove_partials()] if n]
+        removed = self._remove_partials()
+        notes = [f"removed {removed} temporary file(s) of interrupted writes"] if removed else []
         for chunk in range(-(-self.layout.n_windows // self.layout.chunk_windows)):
             where = self.layout.chunk_slice(chunk)
             problem = self._chunk_problem(chunk, where)
@@ -256,7 +258,7 @@ class RunStore:
         return notes
 
     def _remove_partials(self) -> int:
-        if Location(self.path).remote:
+        if self.location.remote:
             return 0  # object stores write whole objects: nothing is left half-written
         removed = 0
         for root, _, files in os.walk(self.path):
@@ -267,25 +269,29 @@ class RunStore:
         return removed
 
     def _chunk_problem(self, chunk: int, where: slice) -> str:
-        arrays = {}
+        """Why the chunk cannot be trusted, or "". Every chunk on disk must decode (a flush
+        reads a chunk before rewriting it); answers and values absent from disk (a new
+        store, windows still pending) are read as nothing, and are only wrong for done windows."""
+        absent = [name for name in ("answers", "values") if not self._chunk_exists(name, chunk)]
         for name in ("status", "attempts", "answers", "values"):
+            if name in absent:
+                continue
             try:
-                arrays[name] = np.asarray(self.group[name][where])
+                decoded = np.asarray(self.group[name][where])
             except Exception as exc:  # noqa: BLE001 - zarr raises codec-specific errors for damaged chunks
                 return f"{name} unreadable: {type(exc).__name__}"
-        status = arrays["status"]
+            if name == "status":
+                status = decoded
         if not np.isin(status, (PENDING, DONE, FAILED)).all():
             return "status holds unknown states"
-        if (status == DONE).any():
-            missing = [name for name in ("answers", "values") if not self._chunk_exists(name, chunk)]
-            if missing:
-                return f"{' and '.join(missing)} missing for done windows"
+        if absent and (status == DONE).any():
+            return f"{' and '.join(absent)} missing for done windows"
         return ""
 
     def _chunk_exists(self, name: str, chunk: int) -> bool:
         array = self.group[name]
         key = array.metadata.encode_chunk_key((chunk,) + (0,) * (array.ndim - 1))
-        return Location(self.path).holds(f"{name}/{key}")
+        return self.location.holds(f"{name}/{key}")
 
     def _reset_chunk(self, where: slice) -> None:
         """Status first: a crash half-way through leaves pending windows, never done ones without answers."""
@@ -306,8 +312,8 @@ class RunStore:
         """(status, attempts) of every window, as saved by the last flush."""
         return self._read("status"), self._read("attempts")
 
-    def read_prompts(self) -> list[str]:
-        return [str(p) for p in self._read("prompts")]
+    def read_prompts(self, start: int = 0, stop: int | None = None) -> list[str]:
+        return [str(p) for p in self._read("prompts", slice(start, stop))]
 
     def read_answers(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         return self._read("answers", slice(start, stop))

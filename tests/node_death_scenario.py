@@ -3,8 +3,9 @@
     python -m tests.node_death_scenario SIGNAL STORE OUT_JSON
 
 Starts a ``ray.cluster_utils.Cluster`` on this machine (a head, two nodes with one fake
-GPU each), runs sigray with one worker per GPU node, removes one worker node
-ungracefully (its raylet and every process on it SIGKILLed) once 200 windows are done,
+GPU each), runs sigray with one worker per GPU node, removes the node of the worker that
+is mid-batch ungracefully (its raylet and every process on it SIGKILLed) once 200
+windows are done,
 adds a fresh node (as an autoscaler would), and writes what happened to OUT_JSON.
 """
 
@@ -30,11 +31,17 @@ def main(signal: str, store: str, out_json: str) -> None:
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=False)
     try:
+        # One worker's engine stops inside its second batch, so its node is surely removed
+        # mid-batch (a busy node picked at random is sometimes between two leases).
+        busy = f"{store}.busy-worker-pid"
+        options = {"delay_s": 0.1, "hang_once_path": busy}
         settings = {"engine": "test-double", "workers": 2, "gpus_per_worker": 1, "batch_size": 4}
-        run = BackgroundRun(signal, store, flush_interval_s=0.5, engine_options={"delay_s": 0.1}, **settings)
+        run = BackgroundRun(
+            signal, store, flush_interval_s=0.5, lease_timeout_s=600, engine_options=options, **settings
+        )
         run.wait_for_done(200)
         status, _ = RunStore.open(store, read_only=True).read_state()
-        cluster.remove_node(nodes[0], allow_graceful=False)
+        cluster.remove_node(_node_of(busy, nodes), allow_graceful=False)
         removed_at = time.monotonic()
         cluster.add_node(num_cpus=1, num_gpus=1)
         result = run.result()
@@ -52,6 +59,17 @@ def main(signal: str, store: str, out_json: str) -> None:
         cluster.shutdown()
     with open(out_json, "w") as f:
         json.dump(outcome, f)
+
+
+def _node_of(pid_path: str, nodes):
+    """The node running the worker process whose pid is in ``pid_path``."""
+    from ray.util.state import list_actors
+
+    with open(pid_path) as f:
+        pid = int(f.read())
+    [actor] = list_actors(filters=[("pid", "=", pid), ("state", "=", "ALIVE")])
+    [node] = [n for n in nodes if n.node_id == actor.node_id]
+    return node
 
 
 if __name__ == "__main__":

@@ -2,56 +2,24 @@
 
 from __future__ import annotations
 
-import os
-import signal
+import socket
 import subprocess
-import sys
 import time
 
 import numpy as np
 
 import sigray
 from sigray.store import DONE, RunStore
+from sigray.testing.processes import kill_session, reap_orphans, start_cli, wait_until_no_writer
+
+__all__ = ["free_port", "kill_session", "reap_orphans", "start_cli", "wait_for_done", "wait_until_no_writer"]
 
 
-def start_cli(args: list[str], ray_tmp: str) -> subprocess.Popen:
-    """`sigray ...` in its own session, with its own local Ray, so the test can kill it all."""
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "sigray.cli", *args]
-    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def kill_session(process: subprocess.Popen) -> None:
-    """SIGKILL the driver, then whatever it left behind in its session (Ray's agents)."""
-    process.kill()
-    process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def reap_orphans(ray_tmp: str) -> None:
-    """SIGKILL every process the killed runs left (they carry its RAY_TMPDIR)."""
-    import psutil
-
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_TMPDIR") == ray_tmp and proc.pid != os.getpid():
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-
-
-def wait_until_no_writer(store: str) -> None:
-    """Block until the killed run's lease says nobody may still write (what a rerun waits for)."""
-    from sigray.lease import read_lease
-
-    deadline = time.monotonic() + 120
-    while (held := read_lease(store)) is not None and held.alive(time.time()):
-        assert time.monotonic() < deadline, "the killed run's coordinator never stopped"
-        time.sleep(0.2)  # polling interval of an observer, not a race fix
+def free_port() -> int:
+    """A loopback port free now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for_done(store: str, at_least: int, process: subprocess.Popen) -> None:

@@ -4,30 +4,22 @@ preempted allocation); the cluster is started again and the same command resumes
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pandas as pd
-import psutil
 import pytest
 
 import sigray
 from sigray.report import store_results
 from sigray.store import DONE, RunStore
-from tests.processes import kill_session, reap_orphans, wait_for_done, wait_until_no_writer
+from tests.processes import free_port, kill_session, reap_orphans, start_cli, wait_for_done, wait_until_no_writer
 
 pytestmark = pytest.mark.extended
 NAME = "ambient_temperature_system_failure"
 BATCH, DELAY_S, FLUSH_S = 8, 0.1, 1.0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_head(ray_tmp: str, port: int) -> None:
@@ -39,41 +31,22 @@ def start_head(ray_tmp: str, port: int) -> None:
     subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
 
 
-def kill_cluster(ray_tmp: str, spare: int) -> int:
-    """SIGKILL every process of the cluster (they carry its RAY_TMPDIR) but ``spare``; returns how many."""
-    killed = 0
-    for proc in psutil.process_iter():
-        try:
-            if proc.pid not in (spare, os.getpid()) and proc.environ().get("RAY_TMPDIR") == ray_tmp:
-                proc.kill()
-                killed += 1
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-    return killed
-
-
-def driver(args: list[str], ray_tmp: str, address: str) -> subprocess.Popen:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "RAY_ADDRESS": address}
-    command = [sys.executable, "-m", "sigray.cli", *args]
-    return subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 def test_the_whole_cluster_killed_mid_run_then_restarted_resumes(ray_session, tmp_path, short_tmp):
     from tests.conftest import nab_signal
 
     signal = nab_signal(NAME)
     store = str(tmp_path / "run")
     ray_tmp = os.path.join(short_tmp, "clu")
-    port = _free_port()
+    port = free_port()
     address = f"127.0.0.1:{port}"
     args = ["run", signal, "--store", store, "--engine", "test-double", "--batch-size", str(BATCH)]
     args += ["--flush-interval", str(FLUSH_S), "--engine-option", f"delay_s={DELAY_S}"]
     try:
         start_head(ray_tmp, port)
-        first = driver(args, ray_tmp, address)
+        first = start_cli(args, ray_tmp, address)
         try:
             wait_for_done(store, 200, first)
-            assert kill_cluster(ray_tmp, spare=first.pid) >= 3  # GCS, raylet, workers, coordinator...
+            assert reap_orphans(ray_tmp, spare=first.pid) >= 3  # GCS, raylet, workers, coordinator...
             killed_at = time.monotonic()
             try:
                 code = first.wait(timeout=180)  # the driver notices its cluster is gone
@@ -90,13 +63,12 @@ def test_the_whole_cluster_killed_mid_run_then_restarted_resumes(ray_session, tm
         assert 200 <= done_at_kill < len(status)
 
         start_head(ray_tmp, port)
-        second = driver(args, ray_tmp, address)
+        second = start_cli(args, ray_tmp, address)
         output, _ = second.communicate(timeout=300)
         output = output.decode()
         assert second.returncode == 0, output[-3000:]
         assert f"{done_at_kill} resumed from the store" in output
     finally:
-        kill_cluster(ray_tmp, spare=-1)
         reap_orphans(ray_tmp)
 
     status, attempts = RunStore.open(store).read_state()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import os
-import socket
 
 import pandas as pd
 import pytest
@@ -15,7 +14,7 @@ import sigray
 from sigray.engines.test_double import _digest
 from sigray.report import store_results, store_status
 from sigray.store import DONE, RunStore
-from tests.processes import sigkill_mid_run_then_rerun
+from tests.processes import free_port, sigkill_mid_run_then_rerun
 from tests.test_faults import BackgroundRun
 
 pytest.importorskip("s3fs")
@@ -30,9 +29,7 @@ def s3_bucket():
     """A moto S3 server on a free loopback port and a bucket; the AWS_* environment points at it."""
     from moto.server import ThreadedMotoServer
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     env = {

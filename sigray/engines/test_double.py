@@ -118,13 +118,18 @@ class TestDoubleEngine:
 
 
 def _first_to_create(path: str | None) -> bool:
-    """Create ``path``; True for the one process (of any number) that created it."""
+    """Create ``path`` holding this process's pid; True for the one process (of any number)
+    that created it. The pid tells a test which worker (and so which node) it was."""
     if not path:
         return False
     try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
+    try:
+        os.write(fd, str(os.getpid()).encode())
+    finally:
+        os.close(fd)
     return True
 
 

@@ -36,6 +36,9 @@ class AnswerFormat(Protocol):
     @property
     def max_tokens(self) -> int: ...
 
+    @property
+    def identity(self) -> dict: ...
+
     def response(self, text: str) -> str: ...
 
     def check(self, text: str) -> Verdict: ...
@@ -82,6 +85,11 @@ class ForecastAnswers:
         """Enough tokens for the regex even with one token per character."""
         per_value = 2 * self.max_digits + len(self.sep) + 2 if self.spaced else self.max_digits + len(self.sep)
         return self.steps * per_value + 2
+
+    @property
+    def identity(self) -> dict:
+        """What the answers depend on beyond the pipeline spec (the data's widest value), for the run identity."""
+        return {"sep": self.sep, "steps": self.steps, "max_digits": self.max_digits}
 
     def response(self, text: str) -> str:
         """sigllm's forecaster returns the continuation as generated."""
@@ -147,6 +155,11 @@ class AnomalyAnswers:
     @property
     def max_tokens(self) -> int:
         return self.max_new_tokens
+
+    @property
+    def identity(self) -> dict:
+        """What the answers depend on beyond the pipeline spec (the data's widest value), for the run identity."""
+        return {"sep": self.sep, "max_digits": self.max_digits}
 
     def response(self, text: str) -> str:
         """What sigllm's prompter returns for a generated continuation of the prompt.

@@ -26,7 +26,7 @@ import pandas as pd
 from sigray.engines.base import Sampling
 from sigray.errors import ConfigError, InputError
 from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers
-from sigray.pipelines.llm_steps import FORECAST_HF, LLM_STEPS
+from sigray.pipelines.llm_steps import FORECAST_HF, LLM_STEPS, PROMPT_HF
 from sigray.pipelines.numpy2_compat import REPLACEMENTS
 from sigray.pipelines.sigllm_env import use_sigllm_registry
 from sigray.signals import Signal
@@ -260,7 +260,7 @@ class SigllmPipeline:
             max_digits=longest + 1,
             # sigllm: tokens of the first window x anomalous_percent; characters bound tokens.
             max_new_tokens=max(16, int(len(first) * float(llm.get("anomalous_percent", 0.5)))),
-            after_marker=self.step.primitive.endswith("prompting.huggingface.HF") and not llm.get("restrict_tokens"),
+            after_marker=self.step.primitive == PROMPT_HF and not llm.get("restrict_tokens"),
             trunc=parse.get("trunc"),
             errors=parse.get("errors", "ignore"),
         )

@@ -10,13 +10,12 @@ benchmarks/chaos.py, with the deterministic test-double engine.
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
+
+from sigray.testing.processes import kill_session, reap_orphans, start_cli, wait_until_no_writer
 
 # Fault kinds and their weights in the schedule (driver faults cost a Ray restart each).
 KINDS = {"worker_sigkill": 3, "worker_hang": 2, "coordinator_sigkill": 2, "driver_sigkill": 1, "driver_sigterm": 1}
@@ -48,36 +47,6 @@ def _ray_processes(ray_tmp: str, title: str) -> list:
     return found
 
 
-def _kill_session(process: subprocess.Popen) -> None:
-    process.kill()
-    process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _reap(ray_tmp: str) -> None:
-    import psutil
-
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_TMPDIR") == ray_tmp and proc.pid != os.getpid():
-                proc.kill()
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            pass
-
-
-def _wait_for_writer_to_stop(store: str, timeout_s: float = 120) -> None:
-    from sigray.lease import read_lease
-
-    deadline = time.monotonic() + timeout_s
-    while (held := read_lease(store)) is not None and held.alive(time.time()):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the killed run's coordinator never stopped renewing its lease")
-        time.sleep(0.2)  # polling interval of an observer
-
-
 def run_chaos(
     command: list[str],
     store: str,
@@ -93,29 +62,21 @@ def run_chaos(
     kinds = kinds or KINDS
     report = ChaosReport()
     started = time.monotonic()
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    env.pop("RAY_ADDRESS", None)
     outputs = []
     try:
         while True:
             if time.monotonic() - started > timeout_s:
                 raise RuntimeError(f"chaos: the run did not finish in {timeout_s} s")
-            driver = subprocess.Popen(
-                [sys.executable, "-m", "sigray.cli", *command],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-            )
+            driver = start_cli(command, ray_tmp)
             report.driver_runs += 1
             restart = _inject_until_driver_fault(driver, store, ray_tmp, rng, report, n_faults, gap_s, kinds, started)
             if restart:
                 if driver.poll() is None:
-                    _kill_session(driver)
+                    kill_session(driver)
                 outputs.append(driver.stdout.read().decode(errors="replace"))
                 report.exit_codes.append(driver.returncode)
-                _reap(ray_tmp)
-                _wait_for_writer_to_stop(store)
+                reap_orphans(ray_tmp)
+                wait_until_no_writer(store)
                 continue
             output, _ = driver.communicate(timeout=max(1.0, timeout_s - (time.monotonic() - started)))
             outputs.append(output.decode(errors="replace"))
@@ -124,7 +85,7 @@ def run_chaos(
                 continue
             break
     finally:
-        _reap(ray_tmp)
+        reap_orphans(ray_tmp)
         report.elapsed_s = time.monotonic() - started
         report.output = "\n----- next driver -----\n".join(outputs)
     return report
@@ -140,7 +101,7 @@ def _inject_until_driver_fault(driver, store, ray_tmp, rng, report, n_faults, ga
         if kind in DRIVER_KINDS:
             report.faults.append((time.monotonic() - started, kind))
             if kind == "driver_sigkill":
-                _kill_session(driver)
+                kill_session(driver)
             else:
                 driver.send_signal(signal.SIGTERM)
                 driver.wait(timeout=120)

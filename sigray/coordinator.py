@@ -304,10 +304,7 @@ class Coordinator:
         )
 
     def seed_for(self, window: int, attempt: int) -> int:
-        """Seeds spaced by n_samples: vLLM samples k of a request with seed + k."""
-        n = len(self.status)
-        index = self.settings.seed * 1_000_003 * 256 * n + attempt * n + window
-        return (index * self.settings.n_samples) & _SEED_MASK
+        return window_seed(self.settings.seed, len(self.status), self.settings.n_samples, window, attempt)
 
     def _release(self, lease_id: int) -> int:
         """End a lease; its windows still pending go back to the queue. Returns how many."""
@@ -362,6 +359,14 @@ class Coordinator:
         self._saved = (self.done, self.failed)
         self._reset_buffer()
         return results, status, attempts
+
+
+def window_seed(run_seed: int, n_windows: int, n_samples: int, window: int, attempt: int) -> int:
+    """The seed of ``window`` at ``attempt``: it depends on nothing else, so a resumed run
+    samples what an uninterrupted one would. Spaced by ``n_samples``: vLLM samples k of a
+    request with seed + k."""
+    index = run_seed * 1_000_003 * 256 * n_windows + attempt * n_windows + window
+    return (index * n_samples) & _SEED_MASK
 
 
 class _PromptChunks:

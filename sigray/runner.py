@@ -64,6 +64,7 @@ class RunResult:
     requeued: int = 0
     workers_replaced: int = 0
     elapsed_s: float = 0.0
+    windows_per_s: float = 0.0  # windows settled per second while workers ran (engine start excluded)
     stopped: bool = False  # a graceful stop (SIGTERM, deadline): resumable
 
     @property
@@ -181,6 +182,7 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     result.failed_windows = final.failed
     result.retries = final.retries
     result.requeued = final.requeued
+    result.windows_per_s = final.windows_per_s
     result.workers_replaced = supervisor.replaced
     result.stopped = not final.finished
 

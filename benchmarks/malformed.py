@@ -1,0 +1,108 @@
+"""Malformed answers with and without vLLM's structured-output constraint, same model, same prompts.
+
+    .venv/bin/python benchmarks/malformed.py                  # CPU: packaged SmolLM2
+    .venv/bin/python benchmarks/malformed.py --model mistralai/Mistral-7B-Instruct-v0.2 --max-rows 20000
+
+1. **Engine level**: one vLLM engine answers every window's prompt twice, with the
+   pipeline's regex and without it; each sample is checked with the pipeline's own
+   validator (sigllm's parsers). Reported: invalid samples, and invalid windows (a window
+   is invalid when any of its samples is, as sigray judges it).
+2. **Run level**: ``sigray.run`` constrained and unconstrained (``constrained=False``) on
+   the same signal: the retries spent and the windows that exhausted their retry budget.
+
+Writes ``malformed.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.overhead import make_plan, parse_options, seeds_of  # noqa: E402
+
+
+def engine_level(plan, model_path: str, options: dict) -> dict:
+    from sigray.engines.vllm_engine import VllmEngine
+
+    figures = {}
+    seeds = seeds_of(plan)
+    with VllmEngine(model_path, **options) as engine:
+        for label, regex in (("constrained", plan.sampling.regex), ("unconstrained", None)):
+            sampling = dataclasses.replace(plan.sampling, regex=regex)
+            texts = engine.generate(plan.prompts, sampling, seeds)
+            verdicts = [[plan.answers.check(plan.answers.response(t)).ok for t in window] for window in texts]
+            samples = sum(len(v) for v in verdicts)
+            bad_samples = sum(v.count(False) for v in verdicts)
+            bad_windows = sum(not all(v) for v in verdicts)
+            example = next((t for window in texts for t in window if not plan.answers.check(t).ok), None)
+            figures[label] = {
+                "windows": len(texts),
+                "samples": samples,
+                "invalid_samples": bad_samples,
+                "invalid_windows": bad_windows,
+                "invalid_example": example,
+            }
+            print(label, json.dumps(figures[label]), flush=True)
+    return figures
+
+
+def run_level(signal, args) -> dict:
+    import sigray
+
+    figures = {}
+    for label, constrained in (("constrained", True), ("unconstrained", False)):
+        store = tempfile.mkdtemp(prefix=f"{label}-", dir=args.out)
+        os.rmdir(store)
+        result = sigray.run(
+            [signal],
+            store,
+            model=args.model,
+            engine_options=args.options,
+            constrained=constrained,
+            max_attempts=args.max_attempts,
+            batch_size=args.batch_size,
+            cpus_per_worker=args.cpus_per_worker,
+        )
+        figures[label] = {
+            "windows": result.total_windows,
+            "retries": result.retries,
+            "failed_windows": result.failed_windows,
+            "answers_generated": result.total_windows + result.retries,
+            "windows_per_s": result.windows_per_s,
+        }
+        print(label, json.dumps(figures[label]), flush=True)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--engine-option", action="append", default=[], help="KEY=VALUE for vllm.LLM")
+    parser.add_argument("--max-rows", type=int, default=3300, help="rows of the bundled signal (windows follow)")
+    parser.add_argument("--max-attempts", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))
+    parser.add_argument("--skip-runs", action="store_true", help="engine level only")
+    parser.add_argument("--out", default="runs/malformed")
+    args = parser.parse_args()
+    args.options = parse_options(args.engine_option)
+    args.out = os.path.abspath(args.out)
+    os.makedirs(args.out, exist_ok=True)
+    signal, plan, model_path = make_plan(args)
+    print(f"{len(plan.prompts)} windows, {plan.sampling.n} samples each, regex {plan.sampling.regex}", flush=True)
+    figures = {"engine": engine_level(plan, model_path, args.options)}
+    if not args.skip_runs:
+        figures["runs"] = run_level(signal, args)
+    figures["args"] = vars(args)
+    with open(os.path.join(args.out, "malformed.json"), "w") as f:
+        json.dump(figures, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

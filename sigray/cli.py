@@ -1,4 +1,4 @@
-"""The ``sigray`` command: run, demo, status, results, evaluate. Everything here calls the public API."""
+"""The ``sigray`` command: run, demo, status, results, evaluate, plot. Everything here calls the public API."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from sigray.errors import SigrayError
+from sigray.errors import ConfigError, SigrayError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_usage_error(exc: SigrayError) -> bool:
-    from sigray.errors import ConfigError, InputError, ModelNotFoundError, StoreError
+    from sigray.errors import InputError, ModelNotFoundError, StoreError
 
     return isinstance(exc, (ConfigError, InputError, ModelNotFoundError, StoreError))
 
@@ -60,11 +60,26 @@ def cmd_run(args) -> int:
     if result.stopped:
         print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
         return EXIT_RESUMABLE
+    pictures = _plot_all(args.store, args.plot_dir, list(result.signals)) if args.plot_dir else []
     if args.json:
-        print(json.dumps(_result_json(result), indent=2))
+        print(json.dumps({**_result_json(result), "pictures": pictures}, indent=2))
     elif not args.quiet:
         _print_result(result)
+        for picture in pictures:
+            print(f"picture: {picture}")
     return 0
+
+
+def _plot_all(store: str, directory: str, names: list[str]) -> list[str]:
+    """--plot-dir: one PNG per signal, named after it."""
+    import re
+
+    from sigray.plot import plot_from_store
+
+    os.makedirs(directory, exist_ok=True)
+    return [
+        plot_from_store(store, os.path.join(directory, re.sub(r"[^\w.-]", "_", name) + ".png"), name) for name in names
+    ]
 
 
 def _run_settings(args) -> dict:
@@ -223,21 +238,76 @@ def cmd_status(args) -> int:
     state = "running" if status["running"] else "not running"
     print(f"{status['store']}: {status['pipeline']} on {status['model']} ({state})")
     print(f"  {status['done']} done, {status['failed']} failed, {status['pending']} pending of {status['windows']}")
+    print(f"  last update: {_when(status['last_update'], status['last_update_age_s'])}")
+    rate, eta = status["windows_per_s"], status["eta_s"]
+    if status["pending"] == 0:
+        print("  ETA: none left")
+    elif eta is None:
+        print("  ETA: unknown (no recent rate in the store)")
+    else:
+        moving = "" if status["running"] else " (not running now)"
+        print(f"  ETA: {_duration(eta)} at the recent {rate:.2f} windows/s{moving}")
     for s in status["signals"]:
         print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed")
     print(f"  answers per window: {status['attempts_histogram']}")
     return 0
 
 
+def _when(at: float | None, age_s: float | None) -> str:
+    if at is None:
+        return "unknown"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+    return f"{stamp} ({_duration(age_s)} ago)"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def cmd_results(args) -> int:
     from sigray.report import anomalies_frame, store_results
 
     table = anomalies_frame(store_results(args.store))
-    if args.format == "json":
-        print(table.to_json(orient="records"))
+    fmt = args.format or _format_of(args.output) or "csv"
+    if fmt == "parquet":
+        data = _parquet_bytes(table)
+    elif fmt == "json":
+        data = (table.to_json(orient="records") + "\n").encode()
     else:
-        print(table.to_csv(index=False), end="")
+        data = table.to_csv(index=False).encode()
+    if args.output:
+        with open(args.output, "wb") as f:
+            f.write(data)
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
     return 0
+
+
+RESULT_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _format_of(path: str | None) -> str | None:
+    return RESULT_FORMATS.get(os.path.splitext(path)[1].lower()) if path else None
+
+
+def _parquet_bytes(table) -> bytes:
+    import io
+
+    try:
+        import pyarrow  # noqa: F401 - only to know it is there
+    except ImportError:
+        raise ConfigError(
+            "--format parquet needs pyarrow, which is not installed; install the export extra "
+            "(pip install 'sigray[export]'), or use --format csv or json."
+        ) from None
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, engine="pyarrow", index=False)
+    return buffer.getvalue()
 
 
 def cmd_evaluate(args) -> int:
@@ -249,6 +319,16 @@ def cmd_evaluate(args) -> int:
         print(scores.to_json(orient="records"))
     else:
         print(scores.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from sigray.evaluate import load_labels
+    from sigray.plot import plot_from_store
+
+    labels = load_labels(args.labels) if args.labels else None
+    out = plot_from_store(args.store, args.output, args.signal, labels=labels)
+    print(f"picture: {out}")
     return 0
 
 
@@ -281,13 +361,19 @@ def _pipeline_params(items: list[str]) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sigray", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sigray",
+        description="Resumable SigLLM anomaly detection on Ray with vLLM; every result is kept in a Zarr store.",
+        epilog="Exit codes: 0 done, 1 a run error, 2 bad input, settings, model or store, "
+        "75 stopped on purpose (run the same command to resume).",
+    )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run or resume a SigLLM pipeline over signals")
     run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns")
     run.add_argument("--store", required=True, help="the run's Zarr store directory")
     _add_run_options(run)
+    run.add_argument("--plot-dir", default=None, metavar="DIR", help="when the run finishes, one PNG per signal here")
     run.set_defaults(command=cmd_run)
 
     demo = sub.add_parser("demo", help="run the bundled real signal through a real small LLM, draw a picture")
@@ -297,21 +383,34 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_options(demo)
     demo.set_defaults(command=cmd_demo)
 
-    status = sub.add_parser("status", help="a run's progress, read from its store")
-    status.add_argument("store")
-    status.add_argument("--json", action="store_true")
+    status = sub.add_parser("status", help="a run's progress, read from its store (works while it runs)")
+    status.add_argument("store", help="the run's store")
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(command=cmd_status)
 
-    results = sub.add_parser("results", help="a finished run's anomalies")
-    results.add_argument("store")
-    results.add_argument("--format", choices=["csv", "json"], default="csv")
+    results = sub.add_parser("results", help="a finished run's anomalies: signal,start,end,severity")
+    results.add_argument("store", help="the run's store")
+    results.add_argument(
+        "--format",
+        choices=["csv", "json", "parquet"],
+        default=None,
+        help="default: from the suffix of --output, else csv (parquet needs the export extra)",
+    )
+    results.add_argument("-o", "--output", default=None, metavar="FILE", help="write to FILE instead of stdout")
     results.set_defaults(command=cmd_results)
 
     evaluate = sub.add_parser("evaluate", help="score a run's anomalies against labels (Orion's contextual metrics)")
-    evaluate.add_argument("store")
+    evaluate.add_argument("store", help="the run's store")
     evaluate.add_argument("--labels", required=True, help="Orion labels CSV: signal,events or signal,start,end")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(command=cmd_evaluate)
+
+    plot = sub.add_parser("plot", help="draw a finished run's signal, forecast and anomalies from its store")
+    plot.add_argument("store", help="the run's store")
+    plot.add_argument("--signal", default=None, help="which signal (optional when the store holds one)")
+    plot.add_argument("-o", "--output", required=True, metavar="PNG", help="the picture to write")
+    plot.add_argument("--labels", default=None, help="Orion labels CSV to draw the true anomalies too")
+    plot.set_defaults(command=cmd_plot)
     return parser
 
 

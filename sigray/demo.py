@@ -37,20 +37,12 @@ class DemoOutcome:
 def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=None, **settings) -> DemoOutcome:
     """Run (or resume) the demo and draw its picture."""
     from sigray.api import run
-    from sigray.plot import plot_signal
+    from sigray.plot import plot_from_store
 
     name, frame = demo_signal(max_rows)
     result = run([(name, frame)], store, on_progress=on_progress, **settings)
     if not result.stopped:
-        detected = result.signals[name]
         os.makedirs(os.path.dirname(os.path.abspath(picture)), exist_ok=True)
-        plot_signal(
-            frame,
-            detected.anomalies,
-            picture,
-            title=f"{name}: {settings.get('pipeline', 'mistral_detector')} on {result.model}",
-            forecast=detected.forecast,
-            forecast_index=detected.forecast_index,
-            labels=demo_labels(),
-        )
+        known = demo_labels()
+        plot_from_store(store, picture, name, labels={name: list(zip(known["start"], known["end"]))})
     return DemoOutcome(result=result, picture=picture)

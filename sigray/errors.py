@@ -27,3 +27,7 @@ class ConfigMismatchError(StoreError):
 
 class StoreLockedError(StoreError):
     """Another live coordinator holds the store's lease."""
+
+
+class ResultsUnavailableError(StoreError):
+    """The store holds no saved result for what was asked (run unfinished, or an older store)."""

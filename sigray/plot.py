@@ -43,3 +43,25 @@ def plot_signal(
     fig.savefig(out_path, dpi=110)
     plt.close(fig)
     return out_path
+
+
+def plot_from_store(
+    store: str, out_path: str, signal: str | None = None, labels: dict[str, list[tuple[int, int]]] | None = None
+) -> str:
+    """Draw one signal of a finished run from its store alone (see ``report.saved_signal``
+    for the errors); ``labels`` as ``evaluate.load_labels`` returns them."""
+    from sigray.report import saved_signal
+
+    saved = saved_signal(store, signal)
+    known = None
+    if labels is not None:
+        known = pd.DataFrame(labels.get(saved.name, []), columns=["start", "end"])
+    return plot_signal(
+        saved.signal,
+        saved.anomalies,
+        out_path,
+        title=saved.title,
+        forecast=saved.forecast,
+        forecast_index=saved.forecast_index,
+        labels=known,
+    )

@@ -335,7 +335,13 @@ def _postprocess(plan: RunPlan, store: RunStore, result: RunResult) -> None:
         per_window = [list(map(str, answers[w])) if settled[w] == DONE else None for w in range(len(settled))]
         detection = plan.pipeline.postprocess(signal_plan, per_window)
         store.write_result(
-            index, detection.anomalies, detection.failed_windows, detection.forecast, detection.forecast_index
+            index,
+            detection.anomalies,
+            detection.failed_windows,
+            detection.forecast,
+            detection.forecast_index,
+            signal_plan.signal.timestamps,
+            signal_plan.signal.values,
         )
         result.signals[signal_range.name] = SignalResult(
             name=signal_range.name,

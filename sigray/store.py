@@ -9,8 +9,11 @@ Layout (format 1), one Zarr v3 group per run::
     <store>/attempts           uint8   [n_windows]                 answers a window has received
     <store>/answers            str     [n_windows, n_samples]      the accepted raw LLM texts
     <store>/values             float32 [n_windows, n_samples, h]   the parsed values (NaN if none)
-    <store>/results/<i>/...    per signal, written when the run finishes (see ``write_result``)
+    <store>/results/<i>/...    per signal, written when the run finishes (see ``write_result``):
+                               start, end, severity, failed_windows, forecast and forecast_index
+                               (detectors), signal_timestamps and signal_values (the raw signal)
     <store>/lease.json         who may write (see ``sigray.lease``)
+    <store>/progress.json      the last few flushes' (time, done, failed): a run's recent rate
 
 Every array is chunked along windows. Only one process (the coordinator) writes, and
 always whole chunks, so concurrent read-modify-write can never lose an update. zarr's
@@ -26,8 +29,10 @@ is pickled; opening a store never runs code.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 
@@ -37,8 +42,12 @@ from sigray.config import STORE_FORMAT_VERSION, identity_differences
 from sigray.errors import ConfigMismatchError, StoreError
 from sigray.storage import Location
 
+log = logging.getLogger(__name__)
+
 PENDING, DONE, FAILED = 0, 1, 2
 _ATTRS_KEY = "sigray"
+PROGRESS_FILE = "progress.json"
+PROGRESS_SAMPLES = 20  # flushes kept in progress.json: a recent rate, not a history
 
 
 @dataclass(frozen=True)
@@ -122,6 +131,9 @@ class RunStore:
         self.group = group
         self.layout = layout
         self.meta = meta
+        self._session = uuid.uuid4().hex[:8]  # tags this writer's progress samples
+        self._chunk_counts: dict[int, tuple[int, int]] | None = None  # chunk -> (done, failed)
+        self._progress: list[dict] | None = None
 
     # -- opening ------------------------------------------------------------
 
@@ -353,17 +365,49 @@ class RunStore:
         for name, chunks in (("status", status), ("attempts", attempts)):
             for chunk, contents in chunks.items():
                 self.group[name][self.layout.chunk_slice(chunk)] = contents
+        self._record_progress(status)
+
+    def _record_progress(self, status: dict[int, np.ndarray]) -> None:
+        """Append (time, done, failed) to ``progress.json``, keeping the last few samples.
+
+        Best effort: progress is for people watching, so a failure to write it is logged and
+        never stops a run. Counts are kept per chunk (one read of the status, then updated
+        from the chunks each flush writes). Samples carry this writer's session, so a rate is
+        never measured across a restart or a resume.
+        """
+        try:
+            if self._chunk_counts is None:
+                everything = self._read("status")
+                n_chunks = -(-self.layout.n_windows // self.layout.chunk_windows)
+                status = {c: everything[self.layout.chunk_slice(c)] for c in range(n_chunks)}
+                self._chunk_counts = {}
+                self._progress = read_progress(self.path)
+            for chunk, contents in status.items():
+                self._chunk_counts[chunk] = (
+                    int(np.count_nonzero(contents == DONE)),
+                    int(np.count_nonzero(contents == FAILED)),
+                )
+            done = sum(d for d, _ in self._chunk_counts.values())
+            failed = sum(f for _, f in self._chunk_counts.values())
+            sample = {"time": time.time(), "done": done, "failed": failed, "session": self._session}
+            self._progress = [*self._progress, sample][-PROGRESS_SAMPLES:]
+            self.location.write(PROGRESS_FILE, json.dumps({"samples": self._progress}).encode())
+        except Exception as exc:  # noqa: BLE001 - never let a progress note stop a run
+            log.warning("store %s: progress not recorded (%s: %s)", self.path, type(exc).__name__, exc)
 
     # -- results ------------------------------------------------------------
 
-    def write_result(self, index: int, anomalies, failed_windows, forecast, forecast_index) -> None:
-        """Save one signal's post-processed result under ``results/<index>``."""
+    def write_result(self, index: int, anomalies, failed_windows, forecast, forecast_index, timestamps, values) -> None:
+        """Save one signal's post-processed result, and the raw signal it came from, under
+        ``results/<index>``: with it a store alone can draw the run (``sigray plot``)."""
         group = self.group.require_group(f"results/{index}")
         arrays = {
             "start": np.asarray(anomalies["start"], dtype="int64"),
             "end": np.asarray(anomalies["end"], dtype="int64"),
             "severity": np.asarray(anomalies["severity"], dtype="float64"),
             "failed_windows": np.asarray(failed_windows, dtype="int64"),
+            "signal_timestamps": np.asarray(timestamps, dtype="int64"),
+            "signal_values": np.asarray(values, dtype="float64"),
         }
         if forecast is not None:
             arrays["forecast"] = np.asarray(forecast, dtype="float64")
@@ -379,6 +423,19 @@ class RunStore:
         except KeyError:
             return None
         return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+def read_progress(path: str) -> list[dict]:
+    """The samples of ``progress.json`` (oldest first); [] when it is missing or unreadable."""
+    try:
+        data = Location(path).read(PROGRESS_FILE)
+        samples = json.loads(data)["samples"] if data else []
+        return [
+            {"time": float(s["time"]), "done": int(s["done"]), "failed": int(s["failed"]), "session": str(s["session"])}
+            for s in samples
+        ]
+    except (ValueError, TypeError, KeyError, OSError):
+        return []
 
 
 def _checksummed_array_factory(group):

@@ -426,12 +426,12 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="detectors: compare targets and forecasts in the same units (sigllm 0.2.0 does not; see README)",
     )
-    run.add_argument("--workers", type=int, default=1)
-    run.add_argument("--gpus-per-worker", type=float, default=None)
-    run.add_argument("--cpus-per-worker", type=float, default=1.0)
+    run.add_argument("--workers", type=int, default=1, help="engine workers, one model copy each (default 1)")
+    run.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs, else 0")
+    run.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per worker (default 1)")
     run.add_argument("--batch-size", type=int, default=None, help="windows per request to a worker (64; demo 16)")
     run.add_argument("--max-attempts", type=int, default=3, help="answers a window may get before it fails")
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="the run's sampling seed (part of its identity)")
     run.add_argument("--flush-interval", type=float, default=5.0, help="seconds between store flushes")
     run.add_argument("--lease-timeout", type=float, default=900.0, help="seconds before a batch is reassigned")
     run.add_argument("--chunk-windows", type=int, default=4096, help="windows per store chunk (new stores)")

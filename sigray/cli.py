@@ -10,7 +10,7 @@ import shutil
 import sys
 import time
 
-from sigray.errors import ConfigError, SigrayError
+from sigray.errors import ConfigError, InputError, SigrayError
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_usage_error(exc: SigrayError) -> bool:
-    from sigray.errors import InputError, ModelNotFoundError, StoreError
+    from sigray.errors import ModelNotFoundError, StoreError
 
     return isinstance(exc, (ConfigError, InputError, ModelNotFoundError, StoreError))
 
@@ -279,8 +279,11 @@ def cmd_results(args) -> int:
     else:
         data = table.to_csv(index=False).encode()
     if args.output:
-        with open(args.output, "wb") as f:
-            f.write(data)
+        try:
+            with open(args.output, "wb") as f:
+                f.write(data)
+        except OSError as exc:
+            raise InputError(f"cannot write {args.output}: {exc.strerror or exc}.") from None
     else:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)

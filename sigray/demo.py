@@ -7,7 +7,6 @@ again: it resumes from its store.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from importlib import resources
 
@@ -42,7 +41,6 @@ def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=
     name, frame = demo_signal(max_rows)
     result = run([(name, frame)], store, on_progress=on_progress, **settings)
     if not result.stopped:
-        os.makedirs(os.path.dirname(os.path.abspath(picture)), exist_ok=True)
         known = demo_labels()
         plot_from_store(store, picture, name, labels={name: list(zip(known["start"], known["end"]))})
     return DemoOutcome(result=result, picture=picture)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
+
+from sigray.errors import InputError
 
 
 def plot_signal(
@@ -15,7 +19,8 @@ def plot_signal(
     forecast_index: np.ndarray | None = None,
     labels: pd.DataFrame | None = None,
 ) -> str:
-    """Write a PNG to ``out_path``: detections shaded red, true labels outlined green."""
+    """Write a PNG to ``out_path`` (its folder made if needed): detections shaded red, true labels
+    outlined green."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,8 +45,13 @@ def plot_signal(
     ax.legend(loc="upper left", fontsize=8)
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+        fig.savefig(out_path, dpi=110)
+    except OSError as exc:
+        raise InputError(f"cannot write picture {out_path}: {exc.strerror or exc}.") from None
+    finally:
+        plt.close(fig)
     return out_path
 
 

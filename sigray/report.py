@@ -23,7 +23,7 @@ def store_status(path: str) -> dict:
     store = RunStore.open(path, read_only=True)
     status, attempts = store.read_state()
     signals = []
-    for s in store.layout.signals:
+    for index, s in enumerate(store.layout.signals):
         part = status[s.offset : s.stop]
         signals.append(
             {
@@ -32,7 +32,7 @@ def store_status(path: str) -> dict:
                 "done": int(np.count_nonzero(part == DONE)),
                 "failed": int(np.count_nonzero(part == FAILED)),
                 "pending": int(np.count_nonzero(part == PENDING)),
-                "has_result": store.read_result(store.layout.signals.index(s)) is not None,
+                "has_result": store.has_result(index),
             }
         )
     held = store_lease.read_lease(path)

@@ -417,6 +417,14 @@ class RunStore:
         group.attrs["signal"] = self.layout.signals[index].name
         group.attrs["written"] = time.time()
 
+    def has_result(self, index: int) -> bool:
+        """Whether signal ``index`` has its result saved (its run finished), without reading it."""
+        try:
+            self.group[f"results/{index}"]
+        except KeyError:
+            return False
+        return True
+
     def read_result(self, index: int) -> dict[str, np.ndarray] | None:
         try:
             group = self.group[f"results/{index}"]

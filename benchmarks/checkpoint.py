@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/checkpoint.py --out runs/checkpoint
 
-1. **Cost**: the same run (NAB ``nyc_taxi``, ``mistral_detector``, 5,020 windows of 10
-   samples) with the store flushed every 5, 1 and 0.2 s, against the store written once at
+1. **Cost**: the same run (NAB ``nyc_taxi`` aggregated hourly, ``mistral_detector``, 5,020
+   windows of 10 samples) with the store flushed every 5, 1 and 0.2 s, against the store written once at
    the end (the coordinator keeps everything in memory until the run finishes: the
    "store off" baseline). The engine is the test double with ``--batch-delay-s`` per batch
    standing for GPU time, so the only difference between the runs is the saving. Rounds
@@ -28,6 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DATA = os.environ.get("SIGRAY_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 SIGNAL = os.path.join(DATA, "nab_orion", "nyc_taxi.csv")
+AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
+HOURLY = {AGGREGATE: {"interval": 3600}}  # nyc_taxi hourly: 5,020 windows
 END_ONLY = 1e7  # a flush interval longer than any run: saved once, at the end
 
 
@@ -36,6 +38,7 @@ def cost(args) -> list[dict]:
 
     engine_options = {"delay_s": args.batch_delay_s}
     settings = dict(engine="test-double", engine_options=engine_options, workers=2, batch_size=args.batch_size)
+    settings["pipeline_params"] = HOURLY
     rows = []
     for round_ in range(args.rounds):
         for interval in [END_ONLY, *args.intervals]:
@@ -67,7 +70,7 @@ def work_lost(args) -> list[dict]:
             store, log = os.path.join(work, "run"), os.path.join(work, "generated.log")
             ray_tmp = tempfile.mkdtemp(prefix="sr-ck-")
             cli_args = [
-                "run", SIGNAL, "--store", store, "--engine", "test-double",
+                "run", SIGNAL, "--store", store, "--engine", "test-double", "--param", f"{AGGREGATE}.interval=3600",
                 "--engine-option", f"delay_s={args.batch_delay_s}", "--engine-option", f"log_path={log}",
                 "--workers", "2", "--batch-size", str(args.batch_size),
                 "--flush-interval", str(interval), "--quiet",

@@ -104,7 +104,13 @@ def main() -> None:
     parser.add_argument("--hosts", type=int, default=2, help="processes the simulated workers share")
     parser.add_argument("--flush-interval-s", type=float, default=1.0)
     parser.add_argument("--out", default="runs/capacity")
+    parser.add_argument("--plot-only", action="store_true", help="draw capacity.json of an earlier run again")
     args = parser.parse_args()
+    if args.plot_only:
+        with open(os.path.join(args.out, "capacity.json")) as f:
+            saved = json.load(f)
+        plot(saved["sweep"], saved["scale"], saved["args"]["batch_sizes"], os.path.join(args.out, "capacity.png"))
+        return
 
     import ray
 
@@ -162,10 +168,12 @@ def plot(rows: list[dict], scale: list[dict], batch_sizes: list[int], path: str)
         left.plot(*zip(*points), marker="o", label=f"batch {b}")
     left.set(xscale="log", xlabel="simulated workers", ylabel="windows/s", title="coordinator throughput")
     left.axhline(20_000, color="grey", linestyle="--", linewidth=1, label="target 20,000")
+    left.set_ylim(bottom=0)
     left.legend()
     points = sorted((r["windows"], r["windows_per_s"]) for r in scale)
     right.plot(*zip(*points), marker="o")
     right.set(xscale="log", xlabel="windows in the run", ylabel="windows/s", title="throughput vs run size")
+    right.set_ylim(bottom=0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

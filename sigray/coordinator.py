@@ -243,6 +243,7 @@ class Coordinator:
                 )
                 if results.windows.size or status or attempts:
                     await asyncio.to_thread(self.store.flush, results, status, attempts)
+                    await asyncio.to_thread(self.store.record_progress, *self._saved)
             except Exception as exc:  # noqa: BLE001 - disk full, lost lease, damaged store: stop cleanly
                 self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
                 log.error(self.fatal)

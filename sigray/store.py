@@ -132,7 +132,6 @@ class RunStore:
         self.layout = layout
         self.meta = meta
         self._session = uuid.uuid4().hex[:8]  # tags this writer's progress samples
-        self._chunk_counts: dict[int, tuple[int, int]] | None = None  # chunk -> (done, failed)
         self._progress: list[dict] | None = None
 
     # -- opening ------------------------------------------------------------
@@ -365,30 +364,17 @@ class RunStore:
         for name, chunks in (("status", status), ("attempts", attempts)):
             for chunk, contents in chunks.items():
                 self.group[name][self.layout.chunk_slice(chunk)] = contents
-        self._record_progress(status)
 
-    def _record_progress(self, status: dict[int, np.ndarray]) -> None:
+    def record_progress(self, done: int, failed: int) -> None:
         """Append (time, done, failed) to ``progress.json``, keeping the last few samples.
 
         Best effort: progress is for people watching, so a failure to write it is logged and
-        never stops a run. Counts are kept per chunk (one read of the status, then updated
-        from the chunks each flush writes). Samples carry this writer's session, so a rate is
-        never measured across a restart or a resume.
+        never stops a run. Samples carry this writer's session, so a rate is never measured
+        across a restart or a resume.
         """
         try:
-            if self._chunk_counts is None:
-                everything = self._read("status")
-                n_chunks = -(-self.layout.n_windows // self.layout.chunk_windows)
-                status = {c: everything[self.layout.chunk_slice(c)] for c in range(n_chunks)}
-                self._chunk_counts = {}
+            if self._progress is None:
                 self._progress = read_progress(self.path)
-            for chunk, contents in status.items():
-                self._chunk_counts[chunk] = (
-                    int(np.count_nonzero(contents == DONE)),
-                    int(np.count_nonzero(contents == FAILED)),
-                )
-            done = sum(d for d, _ in self._chunk_counts.values())
-            failed = sum(f for _, f in self._chunk_counts.values())
             sample = {"time": time.time(), "done": done, "failed": failed, "session": self._session}
             self._progress = [*self._progress, sample][-PROGRESS_SAMPLES:]
             self.location.write(PROGRESS_FILE, json.dumps({"samples": self._progress}).encode())

@@ -84,7 +84,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--engine-option", action="append", default=[], help="KEY=VALUE for vllm.LLM")
-    parser.add_argument("--max-rows", type=int, default=3300, help="rows of the bundled signal (windows follow)")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=12400,
+        help="rows of the bundled signal: 12,400 = 32 windows of mistral_detector",
+    )
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))

@@ -1,6 +1,8 @@
 """Malformed answers with and without vLLM's structured-output constraint, same model, same prompts.
 
     .venv/bin/python benchmarks/malformed.py                  # CPU: packaged SmolLM2
+    .venv/bin/python benchmarks/malformed.py --model tiny     # the tests' random-weight model
+    .venv/bin/python benchmarks/malformed.py --pipeline mistral_prompter --max-rows 2000
     .venv/bin/python benchmarks/malformed.py --model mistralai/Mistral-7B-Instruct-v0.2 --max-rows 20000
 
 1. **Engine level**: one vLLM engine answers every window's prompt twice, with the
@@ -62,6 +64,7 @@ def run_level(signal, args) -> dict:
         result = sigray.run(
             [signal],
             store,
+            pipeline=args.pipeline,
             model=args.model,
             engine_options=args.options,
             constrained=constrained,
@@ -82,13 +85,14 @@ def run_level(signal, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", default="smollm2", help="as sigray run's; 'tiny': the tests' random-weight model")
+    parser.add_argument("--pipeline", default="mistral_detector")
     parser.add_argument("--engine-option", action="append", default=[], help="KEY=VALUE for vllm.LLM")
     parser.add_argument(
         "--max-rows",
         type=int,
         default=12400,
-        help="rows of the bundled signal: 12,400 = 32 windows of mistral_detector",
+        help="rows of the bundled signal: 12,400 = 33 windows of mistral_detector",
     )
     parser.add_argument("--max-attempts", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -99,6 +103,10 @@ def main() -> None:
     args.options = parse_options(args.engine_option)
     args.out = os.path.abspath(args.out)
     os.makedirs(args.out, exist_ok=True)
+    if args.model == "tiny":
+        from sigray.testing.tiny_model import build_tiny_model
+
+        args.model = build_tiny_model(os.path.join(args.out, "tiny-model"))
     signal, plan, model_path = make_plan(args)
     print(f"{len(plan.prompts)} windows, {plan.sampling.n} samples each, regex {plan.sampling.regex}", flush=True)
     figures = {"engine": engine_level(plan, model_path, args.options)}

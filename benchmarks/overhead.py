@@ -49,7 +49,10 @@ def make_plan(args):
     from sigray.plan import make_plan as plan_of
 
     name, frame = demo_signal(args.max_rows)
-    config = RunConfig(store=os.path.join(args.out, "plan-only"), model=args.model, engine_options=args.options)
+    pipeline = getattr(args, "pipeline", "mistral_detector")
+    config = RunConfig(
+        store=os.path.join(args.out, "plan-only"), pipeline=pipeline, model=args.model, engine_options=args.options
+    )
     plan = plan_of(config, [(name, frame)])
     return (name, frame), plan, resolve_engine_model(config)
 
@@ -157,7 +160,7 @@ def main() -> None:
         "--max-rows",
         type=int,
         default=12400,
-        help="rows of the bundled signal: 12,400 = 32 windows of mistral_detector",
+        help="rows of the bundled signal: 12,400 = 33 windows of mistral_detector",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cpus-per-worker", type=float, default=float(os.cpu_count() or 1))

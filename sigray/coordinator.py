@@ -106,6 +106,7 @@ class Coordinator:
         self.started = time.monotonic()
         self.seen_workers: set[str] = set()  # workers that called this incarnation
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
+        self.finished_at: float | None = None  # when the last window settled
         self.fatal: str | None = None
         self.stopping = False
         self._work_available = asyncio.Event()
@@ -189,7 +190,9 @@ class Coordinator:
         now = time.monotonic()
         # The average since work began: batches finish in bursts, so a short window jitters.
         settled_here = self.done + self.failed - self.resumed_settled
-        elapsed = now - (self.first_lease_at or now)
+        elapsed = (self.finished_at or now) - (self.first_lease_at or now)
+        if not self.finished_at and elapsed <= 1.0:
+            elapsed = 0.0  # too early for a live rate; a finished run's rate is exact
         return Progress(
             total=len(self.status),
             done=self.done,
@@ -197,7 +200,7 @@ class Coordinator:
             in_flight=int(sum(len(h.windows) for h in self.leases.values())),
             retries=self.retries,
             requeued=self.requeued,
-            windows_per_s=settled_here / elapsed if elapsed > 1.0 else 0.0,
+            windows_per_s=settled_here / elapsed if elapsed > 0 else 0.0,
             finished=self._finished.is_set(),
         )
 
@@ -333,6 +336,8 @@ class Coordinator:
         if not self.leases:
             self._no_leases.set()
         if self.done + self.failed == len(self.status):
+            if not self._finished.is_set() and self.first_lease_at:
+                self.finished_at = time.monotonic()
             self._finished.set()
             self._work_available.set()
         elif self.queue:

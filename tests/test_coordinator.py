@@ -156,3 +156,22 @@ def test_a_second_owner_is_refused_while_the_first_lives(tmp_path):
     coordinator(path, owner="first")
     with pytest.raises(StoreLockedError, match="in use by another run"):
         coordinator(path, owner="second")
+
+
+def test_a_finished_run_reports_its_rate_up_to_its_last_window(tmp_path):
+    """A run shorter than a second still has a rate, and waiting after the end does not lower it."""
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=N)
+        live = await c.progress()
+        batch = await c.lease_batch("w")
+        await c.report(report(batch))
+        first = await c.progress()
+        await asyncio.sleep(0.2)  # time passing after the end, not a race
+        return live, first, await c.progress()
+
+    live, first, later = run(scenario())
+    assert live.windows_per_s == 0.0 and not live.finished
+    assert first.finished and first.windows_per_s > 0
+    assert later.windows_per_s == first.windows_per_s

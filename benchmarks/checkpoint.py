@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/checkpoint.py --out runs/checkpoint
 
 1. **Cost**: the same run (NAB ``nyc_taxi`` aggregated hourly, ``mistral_detector``, 5,020
-   windows of 10 samples) with the store flushed every 5, 1 and 0.2 s, against the store written once at
+   windows) with the store flushed every 5, 1 and 0.2 s, against the store written once at
    the end (the coordinator keeps everything in memory until the run finishes: the
    "store off" baseline). The engine is the test double with ``--batch-delay-s`` per batch
    standing for GPU time, so the only difference between the runs is the saving. Rounds

@@ -175,12 +175,15 @@ class RunStore:
             n, c = layout.n_windows, layout.chunk_windows
             s, h = layout.n_samples, layout.horizon
             create = _checksummed_array_factory(group)
-            create("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="")
+            window, sample, step = ("window",), ("window", "sample"), ("window", "sample", "step")
+            create("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="", dimension_names=window)
             group["prompts"][:] = np.array(prompts, dtype=object)
-            create("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING)
-            create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0)
-            create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="")
-            create("values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan)
+            create("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING, dimension_names=window)
+            create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0, dimension_names=window)
+            create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="", dimension_names=sample)
+            create(
+                "values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan, dimension_names=step
+            )
             group.attrs[_ATTRS_KEY] = {  # last: it makes the store a store
                 "format_version": STORE_FORMAT_VERSION,
                 "fingerprint": fingerprint,
@@ -399,7 +402,9 @@ class RunStore:
             arrays["forecast"] = np.asarray(forecast, dtype="float64")
             arrays["forecast_index"] = np.asarray(forecast_index, dtype="int64")
         for name, data in arrays.items():
-            group.create_array(name, shape=data.shape, dtype=data.dtype, overwrite=True)[...] = data
+            group.create_array(
+                name, shape=data.shape, dtype=data.dtype, overwrite=True, dimension_names=(_RESULT_DIMENSIONS[name],)
+            )[...] = data
         group.attrs["signal"] = self.layout.signals[index].name
         group.attrs["written"] = time.time()
 
@@ -417,6 +422,19 @@ class RunStore:
         except KeyError:
             return None
         return {name: np.asarray(array[...]) for name, array in group.arrays()}
+
+
+# Named dimensions make the store readable with xarray (``xr.open_zarr(path, group="results/0")``).
+_RESULT_DIMENSIONS = {
+    "start": "anomaly",
+    "end": "anomaly",
+    "severity": "anomaly",
+    "failed_windows": "failed_window",
+    "signal_timestamps": "time",
+    "signal_values": "time",
+    "forecast": "forecast",
+    "forecast_index": "forecast",
+}
 
 
 def read_progress(path: str) -> list[dict]:

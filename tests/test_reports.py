@@ -100,6 +100,23 @@ def test_results_export_parquet_equal_to_csv_and_write_files(finished, tmp_path,
     assert capsys.readouterr().out == ""
 
 
+def test_store_opens_with_xarray_with_named_dimensions(finished):
+    xr = pytest.importorskip("xarray")
+    store = RunStore.open(finished.store, read_only=True)
+    windows = xr.open_zarr(finished.store, consolidated=False)
+    assert dict(windows.sizes) == {
+        "window": store.layout.n_windows,
+        "sample": store.layout.n_samples,
+        "step": store.layout.horizon,
+    }
+    assert (windows["status"].values == store.group["status"][:]).all()
+    assert list(windows["answers"].values[:, 0]) == list(store.group["answers"][:, 0])
+    result = xr.open_zarr(finished.store, group="results/0", consolidated=False)
+    assert result.attrs["signal"] == CPU
+    assert (result["signal_values"].values == pd.read_csv(nab_signal(CPU))["value"].values).all()
+    assert result["start"].dims == ("anomaly",) and result["forecast"].sizes["forecast"] > 0
+
+
 def test_results_as_parquet_without_pyarrow_names_the_extra(finished, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ImportError
     assert cli(["results", finished.store, "--format", "parquet"]) == 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -40,6 +41,20 @@ def _is_usage_error(exc: SigrayError) -> bool:
 # -- run ----------------------------------------------------------------------
 
 
+def _sigterm_stops_gracefully(command):
+    """A SIGTERM while the run still plans or connects is a graceful stop too (``sigray.stopping``)."""
+
+    @functools.wraps(command)
+    def wrapped(args) -> int:
+        from sigray.stopping import StopRequested
+
+        with StopRequested():
+            return command(args)
+
+    return wrapped
+
+
+@_sigterm_stops_gracefully
 def cmd_run(args) -> int:
     from sigray.api import run
 
@@ -200,6 +215,7 @@ class _ProgressPrinter:
             self.bar.close()
 
 
+@_sigterm_stops_gracefully
 def cmd_demo(args) -> int:
     from sigray.demo import run_demo
 

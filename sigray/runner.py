@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 import uuid
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.errors import SigrayError
 from sigray.messages import Progress
 from sigray.plan import RunPlan
+from sigray.stopping import StopRequested, init_ray_keeping_stop
 from sigray.store import DONE, FAILED, RunStore
 from sigray.worker import Worker, WorkerSettings
 
@@ -72,33 +72,6 @@ class RunResult:
         return {name: result.anomalies for name, result in self.signals.items()}
 
 
-class _StopRequested:
-    """Turns SIGTERM (SLURM time limits, spot reclaim) into a graceful stop."""
-
-    def __init__(self, deadline_s: float | None):
-        self.deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        self.signalled = False
-        self._previous = None
-
-    def __enter__(self):
-        try:
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no signal handling there
-            self._previous = None
-        return self
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-    def _handle(self, signum, frame):
-        self.signalled = True
-
-    @property
-    def requested(self) -> bool:
-        return self.signalled or (self.deadline is not None and time.monotonic() >= self.deadline)
-
-
 def execute(
     plan: RunPlan,
     model_path: str,
@@ -109,33 +82,40 @@ def execute(
     """Run (or resume) the planned run to its end, or to a graceful stop."""
     config = plan.config
     started = time.monotonic()
-    store = RunStore.create_or_open(
-        config.store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, config.to_json()
-    )
-    owner = uuid.uuid4().hex
-    store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
-    try:
-        for note in store.repair(plan.prompts):
-            log.warning("store %s: %s", config.store, note)
-        status, _ = store.read_state()
-        result = RunResult(store=config.store, model=config.model, total_windows=len(status))
-        result.resumed_windows = int(np.count_nonzero(status != 0))
-        if result.resumed_windows < len(status):
-            _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_options or {})
-        if not result.stopped:
-            _postprocess(plan, RunStore.open(config.store), result)
-    finally:
-        store_lease.release(config.store, owner)
+    with StopRequested(deadline_s) as stop:  # from here on a SIGTERM is a graceful stop
+        store = RunStore.create_or_open(
+            config.store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, config.to_json()
+        )
+        owner = uuid.uuid4().hex
+        store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
+        try:
+            for note in store.repair(plan.prompts):
+                log.warning("store %s: %s", config.store, note)
+            status, _ = store.read_state()
+            result = RunResult(store=config.store, model=config.model, total_windows=len(status))
+            result.resumed_windows = int(np.count_nonzero(status != 0))
+            if result.resumed_windows < len(status):
+                _compute(plan, model_path, owner, result, on_progress, stop, ray_options or {})
+            if not result.stopped:
+                _postprocess(plan, RunStore.open(config.store), result)
+        finally:
+            store_lease.release(config.store, owner)
     result.elapsed_s = time.monotonic() - started
     return result
 
 
-def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_options) -> None:
+def _compute(plan, model_path, owner, result, on_progress, stop: StopRequested, ray_options) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     config = plan.config
-    _ensure_ray(ray_options)
+    if not stop.requested:
+        _ensure_ray(ray_options)
+    if stop.requested:  # before any worker started: nothing to wait for
+        if not ray.is_initialized():
+            ray.shutdown()  # a TERM cut ray.init short: leave no half-started local cluster
+        result.stopped = True
+        return
     gpus = config.gpus_per_worker
     if gpus is None:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
@@ -174,8 +154,7 @@ def _compute(plan, model_path, owner, result, on_progress, deadline_s, ray_optio
     }
     supervisor = _Supervisor(coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s)
     try:
-        with _StopRequested(deadline_s) as stop:
-            final = supervisor.supervise(stop, on_progress)
+        final = supervisor.supervise(stop, on_progress)
     finally:
         supervisor.shutdown()
     result.computed_windows = final.done + final.failed - result.resumed_windows
@@ -220,7 +199,7 @@ class _Supervisor:
         self.workers[worker_id] = worker
         self.runs[worker.run.remote()] = worker_id
 
-    def supervise(self, stop: _StopRequested, on_progress) -> Progress:
+    def supervise(self, stop: StopRequested, on_progress) -> Progress:
         import ray
 
         finished = self.coordinator.wait_finished.remote()
@@ -320,9 +299,9 @@ def _ensure_ray(options: dict) -> None:
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`, or a user's cluster
-        ray.init(address="auto", **options)
+        init_ray_keeping_stop(lambda: ray.init(address="auto", **options))
     else:
-        ray.init(include_dashboard=False, **options)
+        init_ray_keeping_stop(lambda: ray.init(include_dashboard=False, **options))
 
 
 def _postprocess(plan: RunPlan, store: RunStore, result: RunResult) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import signal
+import time
 
 import numpy as np
 import pandas as pd
@@ -60,16 +61,13 @@ def test_resume_after_sigkill_recomputes_only_unflushed_windows(ray_session, cpu
     assert (RunStore.open(store).read_answers() == RunStore.open(str(tmp_path / "ref")).read_answers()).all()
 
 
-def test_sigterm_stops_gracefully_with_a_resumable_exit_and_the_rerun_finishes(
-    ray_session, cpu_signal, tmp_path, short_tmp
-):
-    store = str(tmp_path / "run")
-    command = ["run", cpu_signal, "--store", store, *SETTINGS, "--engine-option", f"delay_s={DELAY_S}"]
-    command += ["--num-cpus", "2"]
-    ray_tmp = os.path.join(short_tmp, "term")
+def _sigterm_then_rerun(cpu_signal, store, ray_tmp, command, when_to_term) -> int:
+    """Start ``sigray run``, SIGTERM it once ``when_to_term(process)`` returns, and check the stop was
+    graceful (exit 75, the message matches the store) and a rerun computes exactly the rest.
+    Returns how many windows the stopped run had saved."""
     first = start_cli(command, ray_tmp)
     try:
-        wait_for_done(store, 20, first)
+        when_to_term(first)
         first.send_signal(signal.SIGTERM)
         output, _ = first.communicate(timeout=120)
     finally:
@@ -79,10 +77,34 @@ def test_sigterm_stops_gracefully_with_a_resumable_exit_and_the_rerun_finishes(
     assert first.returncode == 75, text[-3000:]
     done = int(np.count_nonzero(RunStore.open(store).read_state()[0] == DONE))
     assert f"resumable: {done} of 111 windows done" in text
-    assert 20 <= done < 111
 
     second = sigray.run([cpu_signal], store, engine="test-double", batch_size=BATCH, flush_interval_s=FLUSH_S)
     assert second.resumed_windows == done and second.computed_windows == 111 - done
+    return done
+
+
+def test_sigterm_stops_gracefully_with_a_resumable_exit_and_the_rerun_finishes(
+    ray_session, cpu_signal, tmp_path, short_tmp
+):
+    store = str(tmp_path / "run")
+    command = ["run", cpu_signal, "--store", store, *SETTINGS, "--engine-option", f"delay_s={DELAY_S}"]
+    command += ["--num-cpus", "2"]
+    ray_tmp = os.path.join(short_tmp, "term")
+    done = _sigterm_then_rerun(cpu_signal, store, ray_tmp, command, lambda first: wait_for_done(store, 20, first))
+    assert 20 <= done < 111
+
+
+def test_a_sigterm_before_the_run_reached_ray_is_a_resumable_stop_too(ray_session, cpu_signal, tmp_path, short_tmp):
+    """SLURM's TERM can land while the driver still connects to Ray, whose ``ray.init`` resets SIGTERM."""
+    store = str(tmp_path / "run")
+    command = ["run", cpu_signal, "--store", store, *SETTINGS, "--num-cpus", "2"]
+
+    def store_created(first):  # the store is there; Ray is starting or not yet
+        while not os.path.exists(os.path.join(store, "zarr.json")):  # created whole (temp dir + rename)
+            assert first.poll() is None, first.stdout.read().decode()[-3000:]
+            time.sleep(0.01)  # polling interval of an observer
+
+    _sigterm_then_rerun(cpu_signal, store, os.path.join(short_tmp, "early-term"), command, store_created)
 
 
 def test_a_deadline_stops_the_run_and_a_rerun_resumes(ray_session, cpu_signal, tmp_path):

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/malformed.py                  # CPU: packaged SmolLM2
     .venv/bin/python benchmarks/malformed.py --model tiny     # the tests' random-weight model
-    .venv/bin/python benchmarks/malformed.py --pipeline mistral_prompter --max-rows 2000
+    .venv/bin/python benchmarks/malformed.py --pipeline mistral_prompter --max-rows 18050   # whole signal: 2 windows
     .venv/bin/python benchmarks/malformed.py --model mistralai/Mistral-7B-Instruct-v0.2 --max-rows 20000
 
 1. **Engine level**: one vLLM engine answers every window's prompt twice, with the
@@ -107,7 +107,7 @@ def main() -> None:
         from sigray.testing.tiny_model import build_tiny_model
 
         args.model = build_tiny_model(os.path.join(args.out, "tiny-model"))
-    signal, plan, model_path = make_plan(args)
+    signal, plan, model_path = make_plan(args, args.pipeline)
     print(f"{len(plan.prompts)} windows, {plan.sampling.n} samples each, regex {plan.sampling.regex}", flush=True)
     figures = {"engine": engine_level(plan, model_path, args.options)}
     if not args.skip_runs:

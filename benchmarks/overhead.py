@@ -42,14 +42,13 @@ def parse_options(items: list[str]) -> dict:
     return options
 
 
-def make_plan(args):
+def make_plan(args, pipeline: str = "mistral_detector"):
     from sigray.api import resolve_engine_model
     from sigray.config import RunConfig
     from sigray.demo import demo_signal
     from sigray.plan import make_plan as plan_of
 
     name, frame = demo_signal(args.max_rows)
-    pipeline = getattr(args, "pipeline", "mistral_detector")
     config = RunConfig(
         store=os.path.join(args.out, "plan-only"), pipeline=pipeline, model=args.model, engine_options=args.options
     )

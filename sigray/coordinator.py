@@ -190,9 +190,10 @@ class Coordinator:
         now = time.monotonic()
         # The average since work began: batches finish in bursts, so a short window jitters.
         settled_here = self.done + self.failed - self.resumed_settled
-        elapsed = (self.finished_at or now) - (self.first_lease_at or now)
-        if not self.finished_at and elapsed <= 1.0:
-            elapsed = 0.0  # too early for a live rate; a finished run's rate is exact
+        end = self.finished_at or now
+        elapsed = end - (self.first_lease_at or end)
+        # A live rate needs a second of history; a finished run's rate is exact however short.
+        has_rate = elapsed > 0 and (self.finished_at is not None or elapsed > 1.0)
         return Progress(
             total=len(self.status),
             done=self.done,
@@ -200,7 +201,7 @@ class Coordinator:
             in_flight=int(sum(len(h.windows) for h in self.leases.values())),
             retries=self.retries,
             requeued=self.requeued,
-            windows_per_s=settled_here / elapsed if elapsed > 0 else 0.0,
+            windows_per_s=settled_here / elapsed if has_rate else 0.0,
             finished=self._finished.is_set(),
         )
 

@@ -61,15 +61,12 @@ class StopRequested:
 def init_ray_keeping_stop(init: Callable[[], None]) -> None:
     """Call ``init`` (a ``ray.init``) with a TERM during or after it still a graceful stop."""
     global _signalled
-    if _depth == 0:
-        init()
-        return
     try:
         init()
     except SystemExit as exc:
-        if exc.code != signal.SIGTERM:
+        if _depth == 0 or exc.code != signal.SIGTERM:
             raise
         _signalled = True  # Ray's handler caught a TERM while connecting
     finally:
-        if _main_thread():
+        if _depth and _main_thread():
             signal.signal(signal.SIGTERM, _on_term)

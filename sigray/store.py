@@ -175,14 +175,14 @@ class RunStore:
             n, c = layout.n_windows, layout.chunk_windows
             s, h = layout.n_samples, layout.horizon
             create = _checksummed_array_factory(group)
-            window, sample, step = ("window",), ("window", "sample"), ("window", "sample", "step")
-            create("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="", dimension_names=window)
+            by_window, by_sample, by_step = ("window",), ("window", "sample"), ("window", "sample", "step")
+            create("prompts", shape=(n,), chunks=(c,), dtype=str, fill_value="", dimension_names=by_window)
             group["prompts"][:] = np.array(prompts, dtype=object)
-            create("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING, dimension_names=window)
-            create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0, dimension_names=window)
-            create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="", dimension_names=sample)
+            create("status", shape=(n,), chunks=(c,), dtype="uint8", fill_value=PENDING, dimension_names=by_window)
+            create("attempts", shape=(n,), chunks=(c,), dtype="uint8", fill_value=0, dimension_names=by_window)
+            create("answers", shape=(n, s), chunks=(c, s), dtype=str, fill_value="", dimension_names=by_sample)
             create(
-                "values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan, dimension_names=step
+                "values", shape=(n, s, h), chunks=(c, s, h), dtype="float32", fill_value=np.nan, dimension_names=by_step
             )
             group.attrs[_ATTRS_KEY] = {  # last: it makes the store a store
                 "format_version": STORE_FORMAT_VERSION,

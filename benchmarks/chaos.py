@@ -23,11 +23,10 @@ import pandas as pd
 
 import sigray
 from sigray.engines.test_double import _digest
-from sigray.report import store_results
 from sigray.store import DONE, RunStore
 from sigray.testing.chaos import run_chaos
 
-DATA = os.environ.get("SIGRAY_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")  # NAB, MIT: see its README
 NAME = "nyc_taxi"
 HOURLY = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1.interval=3600"
 WORKERS, BATCH, DELAY_S, FLUSH_S = 2, 4, 0.2, 1.0
@@ -54,7 +53,7 @@ def main() -> None:
     store, log = os.path.join(args.out, "run"), os.path.join(args.out, "generated.log")
     command = ["run", signal, "--store", store, "--engine", "test-double", "--param", HOURLY, "--max-attempts", "4"]
     command += ["--workers", str(WORKERS), "--batch-size", str(BATCH), "--flush-interval", str(FLUSH_S)]
-    command += ["--lease-timeout", "3", "--num-cpus", "4", "--quiet"]
+    command += ["--lease-timeout", "3", "--load-timeout", "15", "--num-cpus", "4", "--quiet"]
     for option in ("garbage_rate=0.05", f"delay_s={DELAY_S}", f"log_path={log}"):
         command += ["--engine-option", option]
     ray_tmp = tempfile.mkdtemp(prefix="chaos-", dir="/tmp")
@@ -81,7 +80,7 @@ def main() -> None:
     generated = np.array([counts[w] for w in range(len(status))])
     extra = int((generated - ref_attempts).sum())
     same_answers = bool((RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all())
-    found, expected = store_results(store)[NAME], quiet.anomalies[NAME].reset_index(drop=True)
+    found, expected = sigray.open(store).results().anomalies[NAME], quiet.anomalies[NAME].reset_index(drop=True)
     summary = {
         "windows": int(len(status)),
         "faults": len(report.faults),

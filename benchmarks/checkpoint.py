@@ -26,7 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DATA = os.environ.get("SIGRAY_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "data")  # NAB, MIT: see its README
 SIGNAL = os.path.join(DATA, "nab_orion", "nyc_taxi.csv")
 AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
 HOURLY = {AGGREGATE: {"interval": 3600}}  # nyc_taxi hourly: 5,020 windows

@@ -67,7 +67,7 @@ def one_run(template: str, workers: int, batch_size: int, hosts: int, flush_s: f
     store = tempfile.mkdtemp(prefix="capacity-", dir=os.path.dirname(template))
     os.rmdir(store)
     shutil.copytree(template, store)
-    settings = CoordinatorSettings(store, "capacity", 60.0, batch_size, 3, 0, N_SAMPLES, flush_s, 900.0)
+    settings = CoordinatorSettings(store, "capacity", 60.0, batch_size, 3, 0, flush_s, 900.0, (0,))
     coordinator = ray.remote(Coordinator).options(num_cpus=0).remote(settings)
     ray.get(coordinator.progress.remote())  # started: its store read is not timed
     hosts = min(hosts, workers)

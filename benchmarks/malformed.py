@@ -18,7 +18,6 @@ Writes ``malformed.json`` under ``--out``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -26,25 +25,28 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.overhead import make_plan, parse_options, seeds_of  # noqa: E402
+from benchmarks.overhead import make_plan, parse_options  # noqa: E402
 
 
 def engine_level(plan, model_path: str, options: dict) -> dict:
     from sigray.engines.vllm_engine import VllmEngine
 
     figures = {}
-    seeds = seeds_of(plan)
+    seeds = plan.seeds(plan.plans[0])
     with VllmEngine(model_path, **options) as engine:
-        for label, regex in (("constrained", plan.sampling.regex), ("unconstrained", None)):
-            sampling = dataclasses.replace(plan.sampling, regex=regex)
-            texts = engine.generate(plan.prompts, sampling, seeds)
-            verdicts = [[plan.answers.check(plan.answers.response(t)).ok for t in window] for window in texts]
-            samples = sum(len(v) for v in verdicts)
-            bad_samples = sum(v.count(False) for v in verdicts)
-            bad_windows = sum(not all(v) for v in verdicts)
-            example = next((t for window in texts for t in window if not plan.answers.check(t).ok), None)
+        for label, constrained in (("constrained", True), ("unconstrained", False)):
+            samplings = plan.samplings(plan.plans[0], constrained=constrained)
+            completions = engine.generate(plan.plans[0].prompts, samplings, seeds)
+            checked = [
+                [(t, plan.answers.check(plan.answers.response(t), cut=c.cut(k)).ok) for k, t in enumerate(c.texts)]
+                for c in completions
+            ]
+            samples = sum(len(window) for window in checked)
+            bad_samples = sum(not ok for window in checked for _, ok in window)
+            bad_windows = sum(not all(ok for _, ok in window) for window in checked)
+            example = next((t for window in checked for t, ok in window if not ok), None)
             figures[label] = {
-                "windows": len(texts),
+                "windows": len(completions),
                 "samples": samples,
                 "invalid_samples": bad_samples,
                 "invalid_windows": bad_windows,
@@ -107,8 +109,12 @@ def main() -> None:
         from sigray.testing.tiny_model import build_tiny_model
 
         args.model = build_tiny_model(os.path.join(args.out, "tiny-model"))
-    signal, plan, model_path = make_plan(args, args.pipeline)
-    print(f"{len(plan.prompts)} windows, {plan.sampling.n} samples each, regex {plan.sampling.regex}", flush=True)
+    from sigray.demo import demo_signal
+
+    signal = demo_signal(args.max_rows)
+    plan, model_path = make_plan([signal], args, args.pipeline)
+    example = plan.samplings(plan.plans[0])[0].regex
+    print(f"{plan.plans[0].n_windows} windows, {plan.sampling.n} samples each, regex e.g. {example}", flush=True)
     figures = {"engine": engine_level(plan, model_path, args.options)}
     if not args.skip_runs:
         figures["runs"] = run_level(signal, args)

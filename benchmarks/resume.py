@@ -11,7 +11,7 @@ then times, each on a fresh open of the store:
 - ``coordinator``: a whole ``Coordinator`` start (store lease taken, state and prompts read,
   queue built), the time between a coordinator restart and its first lease;
 - ``repair``: the driver's check of every chunk before a resume (``RunStore.repair``:
-  every chunk decoded, checksums verified, prompts compared with the plan's).
+  every chunk decoded, checksums verified, each pending window's request checked against its key).
 
 The store is built once per size and kept under ``--out`` (``--rebuild`` to start over).
 """
@@ -27,7 +27,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.synthetic import N_SAMPLES, build_store  # noqa: E402
+from benchmarks.synthetic import build_store  # noqa: E402
 from sigray.coordinator import Coordinator, CoordinatorSettings  # noqa: E402
 from sigray.store import RunStore  # noqa: E402
 
@@ -38,16 +38,16 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, value
 
 
-def measure(path: str, prompts: list[str], repeats: int) -> dict:
+def measure(path: str, known: dict, repeats: int) -> dict:
     def state():
         return RunStore.open(path, read_only=True).read_state()
 
     def coordinator():
-        settings = CoordinatorSettings(path, "benchmark", 60.0, 64, 3, 0, N_SAMPLES, 5.0, 900.0)
+        settings = CoordinatorSettings(path, "benchmark", 60.0, 64, 3, 0, 5.0, 900.0, (0,))
         return Coordinator(settings)
 
     def repair():
-        return RunStore.open(path).repair(prompts)
+        return RunStore.open(path, read_only=False).repair(known)
 
     figures = {}
     for name, fn in (("state", state), ("coordinator", coordinator), ("repair", repair)):
@@ -69,8 +69,8 @@ def main() -> None:
         path = os.path.join(args.out, f"store-{n}")
         if args.rebuild:
             shutil.rmtree(path, ignore_errors=True)
-        build_s, prompts = timed(lambda n=n, path=path: build_store(path, n, args.chunk_windows, done_every=2))
-        row = {"windows": n, "build_s": build_s, **measure(path, prompts, args.repeats)}
+        build_s, known = timed(lambda n=n, path=path: build_store(path, n, args.chunk_windows, done_every=2))
+        row = {"windows": n, "build_s": build_s, **measure(path, known, args.repeats)}
         row["store_mb"] = _size_mb(path)
         rows.append(row)
         print(json.dumps(row), flush=True)

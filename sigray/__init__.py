@@ -1,6 +1,6 @@
 """sigray: resumable, fault-tolerant SigLLM anomaly detection on Ray with vLLM."""
 
-from sigray.api import run
+from sigray.api import detect, run
 from sigray.config import RunConfig
 from sigray.errors import (
     ConfigError,
@@ -8,9 +8,11 @@ from sigray.errors import (
     InputError,
     ModelNotFoundError,
     SigrayError,
+    SigrayWarning,
     StoreError,
     StoreLockedError,
 )
+from sigray.reader import open_store as open
 
 __version__ = "0.1.0"
 
@@ -21,7 +23,10 @@ __all__ = [
     "ModelNotFoundError",
     "RunConfig",
     "SigrayError",
+    "SigrayWarning",
     "StoreError",
     "StoreLockedError",
+    "detect",
+    "open",
     "run",
 ]

@@ -1,16 +1,21 @@
-"""The public Python API: ``sigray.run``."""
+"""The public Python API: ``sigray.run``, ``sigray.detect``, ``sigray.open``."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
+import pandas as pd
+
 from sigray.config import RunConfig
-from sigray.engines import engine_class
+from sigray.engines import check_ready, engine_class
 from sigray.errors import ConfigError
 from sigray.messages import Progress
-from sigray.plan import make_plan
+from sigray.plan import RunPlan, make_plan
+from sigray.prepare import settled_signals
 from sigray.runner import RunResult, execute
+from sigray.signals import signal_from_frame
 
 
 def run(
@@ -20,24 +25,95 @@ def run(
     on_progress: Callable[[Progress], None] | None = None,
     deadline_s: float | None = None,
     ray_options: dict | None = None,
+    new: bool = False,
     **settings,
 ) -> RunResult:
     """Detect anomalies in ``signals`` with a SigLLM pipeline, resumably.
 
     Args:
-        signals: CSV paths (``timestamp,value``), ``(name, DataFrame)`` pairs, or Signals.
-        store: the run's Zarr store directory. Running again with the same store and
-            settings resumes; other settings on an existing store are refused.
+        signals: CSV paths (``timestamp,value``), ``(name, path)`` or ``(name, DataFrame)``
+            pairs, or Signals.
+        store: the run's store (a directory, or an object store URL). Running again resumes;
+            windows already answered are never asked again, also when post-processing
+            settings change (a new result set), signals are added or extended.
         on_progress: called about once a second with a ``Progress`` while windows run.
         deadline_s: stop gracefully (flush, return ``stopped=True``) after this long.
         ray_options: keyword arguments for ``ray.init`` when Ray is not running yet.
+        new: replace what the store holds with a new, empty store first (crash-safe:
+            a crash leaves the old store or the new one). Refused while a run holds it.
         **settings: any ``RunConfig`` field (pipeline, model, engine, workers, ...).
 
     Returns a RunResult: ``.anomalies[name]`` is a DataFrame of start, end, severity
     (sigllm's shape), ``.signals[name].failed_windows`` lists windows left unanswered.
-    Raises InputError, ConfigError, ModelNotFoundError or StoreError before any engine
-    starts when the input, settings, model or store cannot be used.
+    Raises InputError, ConfigError, ModelNotFoundError or StoreError before anything is
+    written or any engine starts when the input, settings, model or store cannot be used.
     """
+    config = _config(store, settings)
+    settled = None if new else functools.partial(settled_signals, config.store)
+    plan = make_plan(config, list(signals), settled=settled)
+    model_path = resolve_engine_model(config)
+    check_ready(config.engine, model_path, config.engine_options, _requests(plan))
+    return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+
+
+def detect(store: str, *, pipeline_params: dict | None = None, fix_error_units: bool | None = None) -> RunResult:
+    """Post-process the answers a store holds again, with other detection settings.
+
+    No signal files, no engine, no GPU: the store holds the signals and every answer.
+    ``pipeline_params`` are applied on top of the store's own (``{"block#1": {"param":
+    value}}``); only settings after the LLM step may change (others would need new
+    answers: ``sigray.run``). The result is a new result set beside the others; signals
+    whose windows are not all settled come back ``missing``.
+    """
+    plan = plan_from_store(store, pipeline_params, fix_error_units)
+    return execute(plan, None, compute=False)
+
+
+def plan_from_store(path: str, pipeline_params: dict | None = None, fix_error_units: bool | None = None) -> RunPlan:
+    """The plan of the run a store holds, rebuilt from the store alone, with detection changes."""
+    from sigray.store import RunStore, StoreFormatError
+    from sigray.store.run_store import mismatch_error
+
+    try:
+        store = RunStore.open(path)
+    except StoreFormatError as exc:
+        if exc.version != 1:
+            raise
+        raise ConfigError(
+            f"store {path} has format 1; run `sigray run` once with its signals and settings to migrate it, "
+            "then detect works from the store alone."
+        ) from None
+    stored = {k: v for k, v in store.config.items() if k in {f.name for f in dataclasses.fields(RunConfig)}}
+    params = {block: dict(values) for block, values in stored.get("pipeline_params", {}).items()}
+    for block, values in (pipeline_params or {}).items():
+        params.setdefault(block, {}).update(values)
+    changes = {"store": store.path, "pipeline_params": params, "normal": None, "timestamp_unit": None}
+    if fix_error_units is not None:
+        changes["fix_error_units"] = fix_error_units
+    config = RunConfig(**{**stored, **changes})
+    sources = [(entry.name, _frame(*store.read_signal(entry))) for entry in store.signals]
+    normal_data = store.read_normal()
+    normal = None if normal_data is None else signal_from_frame("normal", _frame(*normal_data))
+
+    def stored(generation: str) -> dict[str, str]:  # detect computes nothing: preprocess only what it post-processes
+        return {e.name: e.digest for e in store.signals} if generation == store.fingerprint else {}
+
+    plan = make_plan(config, sources, base_spec=store.meta.get("pipeline_base_spec"), normal=normal, settled=stored)
+    if plan.fingerprint != store.fingerprint:
+        error = mismatch_error(store.path, store.identity, plan.identity)
+        raise ConfigError(
+            f"{error}\n(detect re-runs post-processing only; settings up to the LLM step change answers: "
+            "use `sigray run` with the signals for those.)"
+        )
+    return plan
+
+
+def _frame(timestamps, values) -> pd.DataFrame:
+    values = values.reshape(len(values), -1)
+    return pd.DataFrame({"timestamp": timestamps, "value": values[:, 0]})
+
+
+def _config(store: str, settings: dict) -> RunConfig:
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
@@ -45,9 +121,7 @@ def run(
     if config.model is None:
         config = config.replace(model=_default_model(config.engine))
     engine_class(config.engine)  # an unknown engine fails here, not in a worker
-    plan = make_plan(config, list(signals))
-    model_path = resolve_engine_model(config)
-    return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options)
+    return config
 
 
 def _default_model(engine: str) -> str:
@@ -65,3 +139,15 @@ def resolve_engine_model(config: RunConfig) -> str:
     from sigray.models import resolve_model
 
     return resolve_model(config.model)
+
+
+__all__ = ["detect", "plan_from_store", "resolve_engine_model", "run"]
+
+
+def _requests(plan: RunPlan):
+    """Each window's (prompt, sampling) an engine may be asked, signal by signal, as workers will
+    ask: lazily, since the engine's checks mostly stop at the first. A signal the store holds
+    settled (not preprocessed) asks nothing."""
+    for signal_plan in (p for p in plan.plans if p.is_preprocessed):
+        for request, sampling in zip(signal_plan.requests, plan.samplings(signal_plan)):
+            yield request.prompt, sampling

@@ -1,4 +1,4 @@
-"""The ``sigray`` command: run, demo, status, results, evaluate, plot. Everything here calls the public API."""
+"""The ``sigray`` command: run, detect, demo, status, results, evaluate, plot. Everything here calls the public API."""
 
 from __future__ import annotations
 
@@ -7,29 +7,48 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sys
 import time
+import warnings
 
-from sigray.errors import ConfigError, InputError, SigrayError
+from sigray.errors import ConfigError, InputError, SigrayError, SigrayWarning
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3  # results, evaluate, plot, detect: some signals have no results yet (named on stderr)
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on purpose, run the same command to resume
+EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`sigray status | head -1`), as 128 + SIGPIPE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.command(args)
-    except SigrayError as exc:
-        print(f"sigray: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if _is_usage_error(exc) else EXIT_ERROR
-    except KeyboardInterrupt:
-        print("sigray: interrupted; run the same command to resume.", file=sys.stderr)
-        return 130
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", SigrayWarning)
+        warnings.showwarning = _show_warning
+        try:
+            return args.command(args)
+        except SigrayError as exc:
+            print(f"sigray: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE if _is_usage_error(exc) else EXIT_ERROR
+        except KeyboardInterrupt:
+            print("sigray: interrupted; run the same command to resume.", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            # Nobody reads the rest: say nothing more (Python would print a traceback at exit).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
+
+
+_default_showwarning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SigrayWarning):
+        print(f"sigray: warning: {message}", file=sys.stderr, flush=True)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def _is_usage_error(exc: SigrayError) -> bool:
@@ -58,43 +77,92 @@ def _sigterm_stops_gracefully(command):
 def cmd_run(args) -> int:
     from sigray.api import run
 
-    settings = _run_settings(args)
-    if args.new:
-        _remove_store(args.store)
     progress = _ProgressPrinter(quiet=args.quiet or args.json)
     result = run(
-        args.signals,
+        _signal_sources(args.signals),
         args.store,
         on_progress=progress,
         deadline_s=args.deadline,
         ray_options=_ray_options(args),
-        **settings,
+        new=args.new,
+        **_run_settings(args),
     )
     progress.close()
+    return _report(result, args)
+
+
+@_sigterm_stops_gracefully
+def cmd_detect(args) -> int:
+    from sigray.api import detect
+
+    fix = {"on": True, "off": False}.get(args.fix_error_units)
+    result = detect(args.store, pipeline_params=_pipeline_params(args.param), fix_error_units=fix)
+    return _report(result, args)
+
+
+def _report(result, args, picture: str | None = None) -> int:
+    """Print what a run found first; then draw (a picture that fails is a warning, never
+    an error: the work is saved). Exit 75 for a stop, 3 when signals lack results."""
     done = result.resumed_windows + result.computed_windows
     if result.stopped:
-        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
+        post = (
+            f", {len(result.signals)} of {result.n_signals} signals post-processed"
+            if done == result.total_windows
+            else ""
+        )
+        line = f"resumable: {done} of {result.total_windows} windows done{post}; run the same command to resume."
+        print(json.dumps({**_result_json(result), "stopped": True, "message": line}, indent=2) if args.json else line)
         return EXIT_RESUMABLE
-    pictures = _plot_all(args.store, args.plot_dir, list(result.signals)) if args.plot_dir else []
     if args.json:
-        print(json.dumps({**_result_json(result), "pictures": pictures}, indent=2))
+        print(json.dumps({**_result_json(result), "picture": picture}, indent=2))
     elif not args.quiet:
         _print_result(result)
-        for picture in pictures:
+        if picture:
             print(f"picture: {picture}")
-    return 0
+    if getattr(args, "plot_dir", None):
+        for line in _plot_all(result.store, args.plot_dir, list(result.signals)):
+            print(line, file=sys.stderr if line.startswith("sigray: warning") else sys.stdout)
+    for line in _missing_lines(result):
+        print(f"sigray: {line}", file=sys.stderr)
+    return EXIT_INCOMPLETE if result.missing else 0
+
+
+def _missing_lines(result) -> list[str]:
+    if not result.missing:
+        return []
+    return [
+        f"incomplete: {len(result.missing)} signal(s) have windows still pending and no results: "
+        f"{', '.join(result.missing[:20])}. Finish their windows with `sigray run` naming them (the run's settings)."
+    ]
 
 
 def _plot_all(store: str, directory: str, names: list[str]) -> list[str]:
-    """--plot-dir: one PNG per signal, named after it."""
+    """--plot-dir: one PNG per signal, named after it; a picture that cannot be drawn is a warning."""
     import re
 
     from sigray.plot import plot_from_store
 
-    os.makedirs(directory, exist_ok=True)
-    return [
-        plot_from_store(store, os.path.join(directory, re.sub(r"[^\w.-]", "_", name) + ".png"), name) for name in names
-    ]
+    lines = []
+    for name in names:
+        out = os.path.join(directory, re.sub(r"[^\w.-]", "_", name) + ".png")
+        try:
+            path, _ = plot_from_store(store, out, name)
+            lines.append(f"picture: {path}")
+        except Exception as exc:  # noqa: BLE001 - the results are saved; a picture is a bonus
+            lines.append(f"sigray: warning: no picture of {name!r}: {exc}")
+    return lines
+
+
+def _signal_sources(items: list[str]) -> list:
+    """CSV paths, or NAME=PATH to name a signal (two pump.csv from different folders)."""
+    sources = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not os.path.exists(item) and sep and name and os.sep not in name:
+            sources.append((name, path))
+        else:
+            sources.append(item)
+    return sources
 
 
 def _run_settings(args) -> dict:
@@ -113,9 +181,11 @@ def _run_settings(args) -> dict:
         "batch_size": args.batch_size,
         "flush_interval_s": args.flush_interval,
         "lease_timeout_s": args.lease_timeout,
+        "load_timeout_s": args.load_timeout,
         "chunk_windows": args.chunk_windows,
         "normal": args.normal,
         "fix_error_units": args.fix_error_units or None,
+        "timestamp_unit": getattr(args, "timestamp_unit", None),
     }
     return {k: v for k, v in settings.items() if v is not None}
 
@@ -129,46 +199,70 @@ def _ray_options(args) -> dict:
     return options
 
 
-def _remove_store(path: str) -> None:
-    """--new: delete an existing sigray store (and only a sigray store)."""
-    if not os.path.exists(path):
-        return
-    from sigray.store import RunStore
-
-    RunStore.open(path, read_only=True)  # raises StoreError if it is not a sigray store
-    shutil.rmtree(path)
-
-
 def _print_result(result) -> None:
-    from sigray.report import anomalies_frame
-
+    shared = result.signal_windows - result.total_windows
+    sharing = f" ({shared} shared between signals or repeated)" if shared > 0 else ""
     print(
-        f"{result.total_windows} windows: {result.computed_windows} computed now, "
-        f"{result.resumed_windows} resumed from the store, {result.failed_windows} failed; "
-        f"{result.retries} retries; {result.elapsed_s:.1f} s. Store: {result.store}"
+        f"{result.total_windows} windows{sharing}: {result.resumed_windows} reused, {result.computed_windows} "
+        f"generated, {result.failed_windows} failed; {result.retries} retries; {result.elapsed_s:.1f} s. "
+        f"Store: {result.store}"
     )
-    table = anomalies_frame(result.anomalies)
-    print(table.to_string(index=False) if len(table) else "no anomalies found.")
+    if result.result_set is not None:
+        line = f"result set {result.result_set.id} ({result.result_set.name})"
+        changed = ", ".join(f"{key} {_value(old)} \u2192 {_value(new)}" for key, old, new in result.detection_changes)
+        if result.reused_results == len(result.signals):
+            line += "; results reused from the store" + (f" (settings changed: {changed})" if changed else "")
+        else:
+            line += f"; post-processing re-run: {changed}" if changed else "; post-processed"
+            if result.reused_results:
+                line += f" ({result.reused_results} of {len(result.signals)} signals' results reused)"
+        print(line)
+    table = _anomaly_table(result.anomalies)
+    if len(table):
+        print(table.to_string(index=False))
+    elif not result.missing:
+        print("no anomalies found.")
+    elif result.signals:  # the missing ones are named on stderr
+        print(f"no anomalies found in the {len(result.signals)} signal(s) with results.")
     for name, signal in result.signals.items():
         if signal.failed_windows:
+            reasons = "; ".join(f"{count}x {reason}" for reason, count in signal.failure_reasons.items())
             print(
-                f"{name}: {len(signal.failed_windows)} window(s) failed and were left out: {signal.failed_windows[:10]}"
+                f"{name}: {len(signal.failed_windows)} window(s) failed and were left out: "
+                f"{signal.failed_windows[:10]} ({reasons})"
             )
+
+
+def _value(value) -> str:
+    return json.dumps(value) if not isinstance(value, str) else value
+
+
+def _anomaly_table(anomalies: dict):
+    from sigray.reader import Results
+
+    return Results("", None, anomalies, [], {}).table()
 
 
 def _result_json(result) -> dict:
     return {
         "store": result.store,
+        "complete": result.complete,
+        "missing_signals": result.missing,
         "windows": result.total_windows,
         "computed": result.computed_windows,
         "resumed": result.resumed_windows,
         "failed": result.failed_windows,
         "retries": result.retries,
         "elapsed_s": round(result.elapsed_s, 3),
+        "result_set": None
+        if result.result_set is None
+        else {"id": result.result_set.id, "name": result.result_set.name},
+        "detection_changes": [{"setting": k, "from": a, "to": b} for k, a, b in result.detection_changes],
         "signals": {
             name: {
                 "anomalies": s.anomalies.to_dict(orient="records"),
                 "failed_windows": s.failed_windows,
+                "failure_reasons": s.failure_reasons,
                 "windows": s.n_windows,
             }
             for name, s in result.signals.items()
@@ -220,34 +314,29 @@ def cmd_demo(args) -> int:
     from sigray.demo import run_demo
 
     settings = {"batch_size": 16, **_run_settings(args)}  # smaller batches: steadier progress on a CPU
-    if args.new:
-        _remove_store(args.store)
     progress = _ProgressPrinter(quiet=args.quiet or args.json)
     outcome = run_demo(
-        args.store, args.out, max_rows=args.max_rows, on_progress=progress, ray_options=_ray_options(args), **settings
+        args.store,
+        args.out,
+        max_rows=args.max_rows,
+        on_progress=progress,
+        ray_options=_ray_options(args),
+        new=args.new,
+        **settings,
     )
     progress.close()
-    result = outcome.result
-    if result.stopped:
-        done = result.resumed_windows + result.computed_windows
-        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
-        return EXIT_RESUMABLE
-    if args.json:
-        print(json.dumps({**_result_json(result), "picture": outcome.picture}, indent=2))
-        return 0
-    if not args.quiet:
-        _print_result(result)
-        print(f"picture: {outcome.picture}")
-    return 0
+    if outcome.picture_error:
+        print(f"sigray: warning: no picture: {outcome.picture_error}", file=sys.stderr)
+    return _report(outcome.result, args, picture=outcome.picture)
 
 
-# -- status / results ---------------------------------------------------------------
+# -- reading a store ---------------------------------------------------------------
 
 
 def cmd_status(args) -> int:
-    from sigray.report import store_status
+    from sigray.reader import open_store
 
-    status = store_status(args.store)
+    status = open_store(args.store).status(args.set)
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -263,8 +352,13 @@ def cmd_status(args) -> int:
     else:
         moving = "" if status["running"] else " (not running now)"
         print(f"  ETA: {_duration(eta)} at the recent {rate:.2f} windows/s{moving}")
+    for reason, count in status["failure_reasons"].items():
+        print(f"  failed: {count} x {reason}")
+    chosen = status["result_set"]
+    print("  result set: " + ("none yet" if chosen is None else f"{chosen['id']} ({chosen['name']})"))
     for s in status["signals"]:
-        print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed")
+        result = "results saved" if s["has_result"] else "no results yet"
+        print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed; {result}")
     print(f"  answers per window: {status['attempts_histogram']}")
     return 0
 
@@ -284,27 +378,53 @@ def _duration(seconds: float) -> str:
 
 
 def cmd_results(args) -> int:
-    from sigray.report import anomalies_frame, store_results
+    from sigray.reader import open_store
 
-    table = anomalies_frame(store_results(args.store))
+    reader = open_store(args.store)
+    if args.sets:
+        return _print_sets(reader)
+    results = reader.results(args.set)
     fmt = args.format or _format_of(args.output) or "csv"
+    if args.output and not args.format and _format_of(args.output) is None:
+        raise InputError(
+            f"cannot tell the format of {args.output} from its suffix; "
+            "name it .csv, .json or .parquet, or give --format."
+        )
     if fmt == "parquet":
-        data = _parquet_bytes(table)
+        data = _parquet_bytes(results)
     elif fmt == "json":
-        data = (table.to_json(orient="records") + "\n").encode()
+        data = (json.dumps(results.to_json(), indent=2) + "\n").encode()
     else:
-        data = table.to_csv(index=False).encode()
-    if args.output:
+        data = results.table().to_csv(index=False).encode()
+    _write_output(args.output, data)
+    for line in results.warnings():
+        print(f"sigray: {line}", file=sys.stderr)
+    return 0 if results.complete else EXIT_INCOMPLETE
+
+
+def _print_sets(reader) -> int:
+    found = reader.result_sets()
+    if not found:
+        print("no result sets yet: the run has not post-processed any signal.")
+        return 0
+    for info in reversed(found):
+        shown = "  <- shown when --set is not given" if info is found[-1] else ""
+        used = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.used)) if info.used else "-"
+        print(f"{info.id}  used {used}  {info.name}{shown}")
+    return 0
+
+
+def _write_output(path: str | None, data: bytes) -> None:
+    if path:
         try:
-            with open(args.output, "wb") as f:
+            with open(path, "wb") as f:
                 f.write(data)
         except OSError as exc:
-            raise InputError(f"cannot write {args.output}: {exc.strerror or exc}.") from None
+            raise InputError(f"cannot write {path}: {exc.strerror or exc}.") from None
     else:
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
-    return 0
 
 
 RESULT_FORMATS = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
@@ -314,31 +434,57 @@ def _format_of(path: str | None) -> str | None:
     return RESULT_FORMATS.get(os.path.splitext(path)[1].lower()) if path else None
 
 
-def _parquet_bytes(table) -> bytes:
+def _parquet_bytes(results) -> bytes:
+    """The anomalies as parquet; whether they are complete, and what was left out, in the
+    file's metadata under ``sigray`` (JSON)."""
     import io
 
     try:
-        import pyarrow  # noqa: F401 - only to know it is there
+        import pyarrow as pa
+        import pyarrow.parquet as pq
     except ImportError:
         raise ConfigError(
             "--format parquet needs pyarrow, which is not installed; install the export extra "
             "(pip install 'sigray[export]'), or use --format csv or json."
         ) from None
+    table = pa.Table.from_pandas(results.table(), preserve_index=False)
+    summary = {k: v for k, v in results.to_json().items() if k != "anomalies"}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"sigray": json.dumps(summary).encode()})
     buffer = io.BytesIO()
-    table.to_parquet(buffer, engine="pyarrow", index=False)
+    pq.write_table(table, buffer)
     return buffer.getvalue()
 
 
 def cmd_evaluate(args) -> int:
-    from sigray.evaluate import evaluate, load_labels
-    from sigray.report import store_results
+    import pandas as pd
 
-    scores = evaluate(store_results(args.store), load_labels(args.labels))
+    from sigray.evaluate import evaluate, load_labels
+    from sigray.reader import open_store
+
+    reader = open_store(args.store)
+    labels = load_labels(args.labels)
+    scored, incomplete, missing = [], [], []
+    for wanted in args.set or [None]:
+        results = reader.results(wanted)
+        chosen = results.result_set
+        if not results.anomalies:  # nothing finished yet: nothing to score, and that is incomplete, not wrong
+            incomplete.extend(results.warnings()[:1])
+            missing.extend(name for name in results.missing if name not in missing)
+            continue
+        scores = evaluate(results.anomalies, labels)
+        scored.append(scores.assign(result_set=chosen.name if chosen else "none") if args.set else scores)
+        incomplete.extend(results.warnings()[:1] if results.missing else [])
+        missing.extend(name for name in results.missing if name not in missing)
+    table = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
     if args.json:
-        print(scores.to_json(orient="records"))
+        print(json.dumps({"complete": not incomplete, "missing_signals": missing, "scores": table.to_dict("records")}))
     else:
-        print(scores.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    return 0
+        print(
+            table.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(table) else "nothing to score yet."
+        )
+    for line in dict.fromkeys(incomplete):
+        print(f"sigray: {line} Scores cover the finished signals only.", file=sys.stderr)
+    return EXIT_INCOMPLETE if incomplete else 0
 
 
 def cmd_plot(args) -> int:
@@ -346,8 +492,15 @@ def cmd_plot(args) -> int:
     from sigray.plot import plot_from_store
 
     labels = load_labels(args.labels) if args.labels else None
-    out = plot_from_store(args.store, args.output, args.signal, labels=labels)
+    out, finished = plot_from_store(args.store, args.output, args.signal, labels=labels, sets=args.set)
     print(f"picture: {out}")
+    if not finished:
+        print(
+            "sigray: incomplete: the run has not finished this signal; the picture shows no detections. "
+            "Run the same command again to finish it.",
+            file=sys.stderr,
+        )
+        return EXIT_INCOMPLETE
     return 0
 
 
@@ -383,17 +536,41 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigray",
         description="Resumable SigLLM anomaly detection on Ray with vLLM; every result is kept in a Zarr store.",
-        epilog="Exit codes: 0 done, 1 a run error, 2 bad input, settings, model or store, "
-        "75 stopped on purpose (run the same command to resume).",
+        epilog="Exit codes: 0 done, 1 a run error, 2 bad input, settings, model or store, 3 results incomplete "
+        "(some signals not finished: named on stderr), 75 stopped on purpose (run the same command to resume).",
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run or resume a SigLLM pipeline over signals")
-    run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns")
-    run.add_argument("--store", required=True, help="the run's Zarr store directory")
+    run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns; NAME=PATH names one")
+    run.add_argument("--store", required=True, help="the run's store: a directory, or s3://bucket/prefix")
     _add_run_options(run)
+    run.add_argument(
+        "--timestamp-unit",
+        choices=["s", "ms", "us", "ns"],
+        default=None,
+        help="what numeric timestamps count (default: seconds)",
+    )
     run.add_argument("--plot-dir", default=None, metavar="DIR", help="when the run finishes, one PNG per signal here")
     run.set_defaults(command=cmd_run)
+
+    detect = sub.add_parser(
+        "detect", help="post-process a store's answers again with other settings, from the store alone"
+    )
+    detect.add_argument("store", help="the run's store")
+    detect.add_argument(
+        "--param",
+        action="append",
+        metavar="BLOCK.PARAM=VALUE",
+        help="a setting after the LLM step, on top of the run's",
+    )
+    detect.add_argument(
+        "--fix-error-units", choices=["on", "off"], default=None, help="detectors: the units fix (default: as the run)"
+    )
+    detect.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    detect.add_argument("--json", action="store_true", help="print the result as JSON")
+    detect.add_argument("--plot-dir", default=None, metavar="DIR", help="one PNG per signal here")
+    detect.set_defaults(command=cmd_detect)
 
     demo = sub.add_parser("demo", help="run the bundled real signal through a real small LLM, draw a picture")
     demo.add_argument("--store", default=os.path.join("runs", "demo"), help="the demo's store (default runs/demo)")
@@ -404,11 +581,15 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="a run's progress, read from its store (works while it runs)")
     status.add_argument("store", help="the run's store")
+    status.add_argument("--set", default=None, help="the result set to report on (default: the last used)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.set_defaults(command=cmd_status)
 
-    results = sub.add_parser("results", help="a finished run's anomalies: signal,start,end,severity")
+    results = sub.add_parser("results", help="a run's anomalies: signal,start,end,severity")
     results.add_argument("store", help="the run's store")
+    which = results.add_mutually_exclusive_group()
+    which.add_argument("--set", default=None, help="which result set: its id or name (default: the last used)")
+    which.add_argument("--sets", action="store_true", help="list the store's result sets")
     results.add_argument(
         "--format",
         choices=["csv", "json", "parquet"],
@@ -421,22 +602,32 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="score a run's anomalies against labels (Orion's contextual metrics)")
     evaluate.add_argument("store", help="the run's store")
     evaluate.add_argument("--labels", required=True, help="Orion labels CSV: signal,events or signal,start,end")
+    evaluate.add_argument("--set", action="append", default=None, help="result set(s) to score; repeat to compare")
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
     evaluate.set_defaults(command=cmd_evaluate)
 
-    plot = sub.add_parser("plot", help="draw a finished run's signal, forecast and anomalies from its store")
+    plot = sub.add_parser("plot", help="draw a signal, forecast and anomalies from its store")
     plot.add_argument("store", help="the run's store")
     plot.add_argument("--signal", default=None, help="which signal (optional when the store holds one)")
     plot.add_argument("-o", "--output", required=True, metavar="PNG", help="the picture to write")
     plot.add_argument("--labels", default=None, help="Orion labels CSV to draw the true anomalies too")
+    plot.add_argument("--set", action="append", default=None, help="result set(s) to draw; repeat to compare two")
     plot.set_defaults(command=cmd_plot)
     return parser
 
 
 def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--pipeline", default="mistral_detector", help="sigllm pipeline name or JSON file")
-    run.add_argument("--model", default=None, help="model dir, .gguf file, HF id, or 'smollm2' (default per machine)")
-    run.add_argument("--engine", default="vllm", help="vllm, test-double, or package.module:Class")
+    run.add_argument(
+        "--model",
+        default=None,
+        help="model dir, .gguf file, HF id, or 'smollm2' (default per machine); with --engine openai the served name",
+    )
+    run.add_argument(
+        "--engine",
+        default="vllm",
+        help="vllm, openai (a server: --engine-option base_url=URL), test-double, or package.module:Class",
+    )
     run.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="engine setting (repeatable)")
     run.add_argument("--param", action="append", metavar="BLOCK.PARAM=VALUE", help="pipeline hyperparameter")
     run.add_argument("--normal", default=None, metavar="CSV", help="normal reference signal (one-shot prompters)")
@@ -453,10 +644,15 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--seed", type=int, default=0, help="the run's sampling seed (part of its identity)")
     run.add_argument("--flush-interval", type=float, default=5.0, help="seconds between store flushes")
     run.add_argument("--lease-timeout", type=float, default=900.0, help="seconds before a batch is reassigned")
+    run.add_argument(
+        "--load-timeout", type=float, default=1800.0, help="seconds an engine may take to load before it is replaced"
+    )
     run.add_argument("--chunk-windows", type=int, default=4096, help="windows per store chunk (new stores)")
     run.add_argument("--no-constrain", action="store_true", help="no regex constraint on answers")
     run.add_argument("--deadline", type=float, default=None, help="stop gracefully after this many seconds")
-    run.add_argument("--new", action="store_true", help="delete an existing store at --store first")
+    run.add_argument(
+        "--new", action="store_true", help="replace what the store holds with a new run (refused while one runs)"
+    )
     run.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray cluster")
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of a local Ray cluster")
     run.add_argument("--quiet", action="store_true", help="no progress output")

@@ -1,9 +1,11 @@
-"""One frozen configuration per run, and the fingerprint that names its results.
+"""One frozen configuration per run, and the fingerprints that name its work.
 
-Fields that change results (pipeline, its parameters, model, engine, sampling seed,
-retry budget, the signals themselves, the store format) go into ``identity()``;
-fields that only change speed (workers, batch size, flush policy) do not, so a run
-may be resumed with more workers or another flush interval.
+Fields that change answers (the pipeline up to its LLM step, model, engine and its
+answer-changing options, sampling seed, retry budget, constraint) make the store's
+*generation identity* (``sigray.plan.generation_identity``); the pipeline after its LLM
+step makes a result set's identity; fields that only change speed (workers, batch size,
+flush policy) are in neither, so a run may be resumed with more workers or another flush
+interval.
 """
 
 from __future__ import annotations
@@ -14,22 +16,6 @@ import json
 from dataclasses import dataclass, field
 
 from sigray.errors import ConfigError
-
-STORE_FORMAT_VERSION = 1
-
-# Engine options that only change speed or memory, never the answers.
-_PERFORMANCE_ONLY_ENGINE_OPTIONS = frozenset(
-    {
-        "gpu_memory_utilization",
-        "kv_cache_space_gb",
-        "max_num_seqs",
-        "swap_space",
-        "delay_s",
-        "log_path",
-        "sigkill_once_path",
-        "hang_once_path",
-    }
-)
 
 
 @dataclass(frozen=True)
@@ -56,6 +42,8 @@ class RunConfig:
         batch_size: windows handed to a worker per call.
         flush_interval_s: write-behind period; a crash loses at most this much work.
         lease_timeout_s: a batch not answered within this time goes back to the queue.
+        load_timeout_s: a worker whose engine has not loaded this long after its process
+            started (time waiting for a GPU or a node does not count) is replaced.
         store_lease_s: how long the store's write lease lasts without renewal; another
             host may take over a run whose coordinator vanished after this long.
         chunk_windows: windows per Zarr chunk (fixed when the store is created).
@@ -65,6 +53,8 @@ class RunConfig:
         fix_error_units: compare forecasts and targets in the same (original) units in
             ``mistral_detector``/``gpt_detector``, where sigllm 0.2.0 compares scaled targets
             with unscaled forecasts. Off by default: faithful to sigllm. See the README.
+        timestamp_unit: what numeric timestamps in the signals count: ``s`` (None, the
+            default), ``ms``, ``us`` or ``ns``; they are read as seconds.
     """
 
     store: str
@@ -82,10 +72,12 @@ class RunConfig:
     batch_size: int = 64
     flush_interval_s: float = 5.0
     lease_timeout_s: float = 900.0
+    load_timeout_s: float = 1800.0
     store_lease_s: float = 60.0
     chunk_windows: int = 4096
     normal: str | None = None
     fix_error_units: bool = False
+    timestamp_unit: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -94,9 +86,11 @@ class RunConfig:
             "batch_size": self.batch_size >= 1,
             "flush_interval_s": self.flush_interval_s > 0,
             "lease_timeout_s": self.lease_timeout_s > 0,
+            "load_timeout_s": self.load_timeout_s > 0,
             "store_lease_s": self.store_lease_s > self.flush_interval_s,
             "cpus_per_worker": self.cpus_per_worker >= 0,
             "chunk_windows": self.chunk_windows >= 1,
+            "timestamp_unit": self.timestamp_unit in (None, "s", "ms", "us", "ns"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -111,23 +105,24 @@ class RunConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
-    def identity(self, pipeline_spec: dict, signal_digests: dict[str, str]) -> dict:
-        """What the results depend on, as plain JSON: stored in the store and compared on reopen."""
-        engine_options = {
-            k: v for k, v in sorted(self.engine_options.items()) if k not in _PERFORMANCE_ONLY_ENGINE_OPTIONS
-        }
+    def answer_settings(self) -> dict:
+        """The run settings that decide answers besides the pipeline (part of a store's identity)."""
         return {
-            "store_format_version": STORE_FORMAT_VERSION,
-            "pipeline": self.pipeline,
-            "pipeline_spec": pipeline_spec,
             "model": self.model,
             "engine": self.engine,
-            "engine_options": engine_options,
+            "engine_options": self.answer_engine_options(),
             "max_attempts": self.max_attempts,
             "seed": self.seed,
             "constrained": self.constrained,
-            "signals": dict(sorted(signal_digests.items())),
         }
+
+    def answer_engine_options(self) -> dict:
+        """The engine options that may change answers: all but those the engine declares
+        speed-only (``Engine.speed_options``)."""
+        from sigray.engines import speed_options
+
+        fast = speed_options(self.engine)
+        return {k: v for k, v in sorted(self.engine_options.items()) if k not in fast}
 
 
 def canonical_json(value) -> str:

@@ -9,8 +9,11 @@ Invariants:
 - only invalid answers charge a window's retry budget (``attempts``); windows of a lost,
   hung or restarted worker go back to the queue uncharged, and are retried with the
   same seed, so their answer does not depend on what failed;
-- a window's seed depends only on (run seed, window, attempt): a resumed run samples
-  exactly what an uninterrupted one would have;
+- a window's seed depends only on (run seed, its key, attempt): a resumed run samples
+  exactly what an uninterrupted one would have, and the same window samples the same
+  answers in any signal and any store;
+- it serves the rows of the run's signals only (``signal_groups``): a store may hold
+  more, for signals this run does not name;
 - flushes are write-behind: accepted answers wait in memory at most one flush interval,
   so a crash loses at most that much work, and the state rebuilt from the store is
   exactly what was flushed.
@@ -29,11 +32,11 @@ import numpy as np
 
 from sigray import lease as store_lease
 from sigray.errors import StoreError
+from sigray.keys import window_seed
 from sigray.messages import Batch, BatchReport, Progress
-from sigray.store import DONE, FAILED, PENDING, RunStore, WindowResults
+from sigray.store import DONE, FAILED, PENDING, RunStore, WindowRequest, WindowResults
 
 log = logging.getLogger(__name__)
-_SEED_MASK = (1 << 62) - 1
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,9 @@ class CoordinatorSettings:
     batch_size: int
     max_attempts: int
     seed: int
-    n_samples: int
     flush_interval_s: float
     lease_timeout_s: float
+    signal_groups: tuple[int, ...]  # the registry groups of the run's signals
 
 
 @dataclass(frozen=True)
@@ -56,9 +59,9 @@ class Health:
     """What the supervisor checks every second.
 
     ``seen``: workers that called this coordinator incarnation, ``uptime_s`` after it
-    started. A live worker calls within one batch; one that called an earlier
-    incarnation but not this one for a lease timeout is hung (it held a lease the
-    restarted coordinator cannot time out).
+    started. A live worker calls within one batch: one that has not called this incarnation
+    for a lease timeout after both its start and the incarnation's is hung (after a restart
+    it may hold a lease the new incarnation cannot time out, or none at all).
     """
 
     fatal: str | None
@@ -79,26 +82,32 @@ class Coordinator:
 
     def __init__(self, settings: CoordinatorSettings):
         self.settings = settings
-        self.store = RunStore.open(settings.store_path)
+        self.store = RunStore.open(settings.store_path, read_only=False)
         self.lease = store_lease.acquire(
-            settings.store_path, settings.owner, settings.lease_ttl_s, settings.flush_interval_s
+            self.store.storage, settings.owner, settings.lease_ttl_s, settings.flush_interval_s
         )
         self.status, self.attempts = self.store.read_state()
         self.status = self.status.copy()
         self.attempts = self.attempts.copy()
-        self.prompts = _PromptChunks(self.store)
+        self.requests = _RequestChunks(self.store)
         n = len(self.status)
+        wanted = set(settings.signal_groups)
+        entries = [e for e in self.store.signals if e.group in wanted]
+        self.needed = np.zeros(n, dtype=bool)
+        for entry in entries:
+            self.needed[self.store.signal_rows(entry)] = True
+        self.n_needed = int(np.count_nonzero(self.needed))
         self._reset_buffer()
         self._count_the_last_answer_of_done_windows()
         self.lease_of = np.full(n, -1, dtype=np.int64)
-        self.queued = self.status == PENDING
+        self.queued = self.needed & (self.status == PENDING)
         self.queue = collections.deque(np.flatnonzero(self.queued).tolist())
         self.leases: dict[int, _Lease] = {}
         # Lease ids never repeat across restarts: a report for a previous incarnation's
         # lease must not match (and end, or charge) a new lease of the same number.
         self.next_lease_id = time.time_ns()
-        self.done = int(np.count_nonzero(self.status == DONE))
-        self.failed = int(np.count_nonzero(self.status == FAILED))
+        self.done = int(np.count_nonzero(self.needed & (self.status == DONE)))
+        self.failed = int(np.count_nonzero(self.needed & (self.status == FAILED)))
         self.retries = 0
         self.requeued = 0
         self.resumed_settled = self.done + self.failed
@@ -116,7 +125,7 @@ class Coordinator:
         self._flush_lock = asyncio.Lock()
         self._flusher: asyncio.Task | None = None
         self._update_events()
-        log.info("coordinator ready: %d windows, %d done, %d failed", n, self.done, self.failed)
+        log.info("coordinator ready: %d windows, %d done, %d failed", self.n_needed, self.done, self.failed)
 
     # -- workers ------------------------------------------------------------
 
@@ -133,12 +142,12 @@ class Coordinator:
             windows = self._take(self.settings.batch_size)
             if windows.size:
                 try:
-                    prompts = self.prompts.get(windows)
-                except StoreError as exc:  # a prompts chunk damaged after the driver's repair
+                    requests = self.requests.get(windows)
+                except StoreError as exc:  # a requests chunk damaged after the driver's repair
                     self.fatal = str(exc)
                     self._work_available.set()
                     return None
-                return self._lease(worker_id, windows, prompts)
+                return self._lease(worker_id, windows, requests)
             self._work_available.clear()
             await self._work_available.wait()
 
@@ -158,8 +167,13 @@ class Coordinator:
             elif held is not None:
                 self.attempts[w] += 1
                 self._dirty_attempts.add(w // self._chunk)
-                if self.attempts[w] >= self.settings.max_attempts:
+                if report.final and report.final[i]:
                     self._settle(w, FAILED)
+                    self._reasons[w] = report.reasons[i]
+                    log.info("window %d failed at once: %s", w, report.reasons[i])
+                elif self.attempts[w] >= self.settings.max_attempts:
+                    self._settle(w, FAILED)
+                    self._reasons[w] = f"no valid answer in {self.attempts[w]} attempts; last: {report.reasons[i]}"
                     log.info("window %d failed after %d invalid answers: %s", w, self.attempts[w], report.reasons[i])
                 else:
                     self.retries += 1
@@ -195,7 +209,7 @@ class Coordinator:
         # A live rate needs a second of history; a finished run's rate is exact however short.
         has_rate = elapsed > 0 and (self.finished_at is not None or elapsed > 1.0)
         return Progress(
-            total=len(self.status),
+            total=self.n_needed,
             done=self.done,
             failed=self.failed,
             in_flight=int(sum(len(h.windows) for h in self.leases.values())),
@@ -208,7 +222,8 @@ class Coordinator:
     async def health(self) -> Health:
         """A fatal error, workers whose lease timed out since the last call, and who has called."""
         timed_out, self.timed_out_workers = self.timed_out_workers, []
-        return Health(self.fatal, timed_out, frozenset(self.seen_workers), time.monotonic() - self.started)
+        uptime = time.monotonic() - self.started
+        return Health(self.fatal, timed_out, frozenset(self.seen_workers), uptime)
 
     async def wait_finished(self) -> Progress:
         """Wait until every window is done or failed, flush, and report."""
@@ -239,14 +254,14 @@ class Coordinator:
         async with self._flush_lock:
             if self.fatal:
                 return
-            results, status, attempts = self._snapshot()
+            results, status, attempts, reasons = self._snapshot()
             try:
                 # Renewing first checks we still own the store (fencing) before writing.
                 self.lease = await asyncio.to_thread(
-                    store_lease.renew, self.settings.store_path, self.lease, self.settings.lease_ttl_s
+                    store_lease.renew, self.store.storage, self.lease, self.settings.lease_ttl_s
                 )
                 if results.windows.size or status or attempts:
-                    await asyncio.to_thread(self.store.flush, results, status, attempts)
+                    await asyncio.to_thread(self.store.flush, results, status, attempts, reasons)
                     await asyncio.to_thread(self.store.record_progress, *self._saved)
             except Exception as exc:  # noqa: BLE001 - disk full, lost lease, damaged store: stop cleanly
                 self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
@@ -261,11 +276,11 @@ class Coordinator:
         short = np.flatnonzero((self.status == DONE) & (self.attempts == 0))
         if short.size:
             self.attempts[short] = 1
-            self._dirty_attempts.update((short // self.store.layout.chunk_windows).tolist())
+            self._dirty_attempts.update((short // self.store.chunk_windows).tolist())
 
     @property
     def _chunk(self) -> int:
-        return self.store.layout.chunk_windows
+        return self.store.chunk_windows
 
     def _ensure_flusher(self) -> None:
         if self._flusher is None:
@@ -295,7 +310,7 @@ class Coordinator:
                 taken.append(w)
         return np.asarray(taken, dtype=np.int64)
 
-    def _lease(self, worker_id: str, windows: np.ndarray, prompts: list[str]) -> Batch:
+    def _lease(self, worker_id: str, windows: np.ndarray, requests: list[WindowRequest]) -> Batch:
         self.first_lease_at = self.first_lease_at or time.monotonic()
         lease_id = self.next_lease_id
         self.next_lease_id += 1
@@ -304,12 +319,18 @@ class Coordinator:
         return Batch(
             lease_id=lease_id,
             windows=windows,
-            prompts=prompts,
-            seeds=[self.seed_for(w, int(self.attempts[w])) for w in windows.tolist()],
+            prompts=[r.prompt for r in requests],
+            seeds=[
+                window_seed(self.settings.seed, r.key, int(self.attempts[w]))
+                for w, r in zip(windows.tolist(), requests)
+            ],
+            max_digits=[r.max_digits for r in requests],
+            max_tokens=[r.max_tokens for r in requests],
         )
 
     def seed_for(self, window: int, attempt: int) -> int:
-        return window_seed(self.settings.seed, len(self.status), self.settings.n_samples, window, attempt)
+        """The seed ``window`` is asked with at ``attempt`` (its key is read with its request)."""
+        return window_seed(self.settings.seed, self.requests.get(np.array([window]))[0].key, attempt)
 
     def _release(self, lease_id: int) -> int:
         """End a lease; its windows still pending go back to the queue. Returns how many."""
@@ -336,7 +357,7 @@ class Coordinator:
     def _update_events(self) -> None:
         if not self.leases:
             self._no_leases.set()
-        if self.done + self.failed == len(self.status):
+        if self.done + self.failed == self.n_needed:
             if not self._finished.is_set() and self.first_lease_at:
                 self.finished_at = time.monotonic()
             self._finished.set()
@@ -350,34 +371,32 @@ class Coordinator:
         self._buffer_values: list[np.ndarray] = []
         self._dirty_status: set[int] = set()
         self._dirty_attempts: set[int] = set()
+        self._reasons: dict[int, str] = {}
 
-    def _snapshot(self) -> tuple[WindowResults, dict[int, np.ndarray], dict[int, np.ndarray]]:
+    def _snapshot(self) -> tuple[WindowResults, dict[int, np.ndarray], dict[int, np.ndarray], dict[int, str]]:
         """Copies of everything to flush, taken atomically on the event loop."""
-        layout = self.store.layout
+        store = self.store
         if self._buffer_windows:
             windows = np.concatenate(self._buffer_windows)
             values = np.concatenate(self._buffer_values).astype(np.float32)
         else:
             windows = np.zeros(0, dtype=np.int64)
-            values = np.zeros((0, layout.n_samples, layout.horizon), dtype=np.float32)
+            values = np.zeros((0, store.n_samples, store.horizon), dtype=np.float32)
         results = WindowResults(windows=windows, answers=self._buffer_answers, values=values)
-        status = {c: self.status[layout.chunk_slice(c)].copy() for c in self._dirty_status}
-        attempts = {c: self.attempts[layout.chunk_slice(c)].copy() for c in self._dirty_attempts}
+        status = {c: self.status[self._chunk_slice(c)].copy() for c in self._dirty_status}
+        attempts = {c: self.attempts[self._chunk_slice(c)].copy() for c in self._dirty_attempts}
+        reasons = self._reasons
         self._saved = (self.done, self.failed)
         self._reset_buffer()
-        return results, status, attempts
+        return results, status, attempts, reasons
+
+    def _chunk_slice(self, chunk: int) -> slice:
+        start = chunk * self._chunk
+        return slice(start, min(start + self._chunk, len(self.status)))
 
 
-def window_seed(run_seed: int, n_windows: int, n_samples: int, window: int, attempt: int) -> int:
-    """The seed of ``window`` at ``attempt``: it depends on nothing else, so a resumed run
-    samples what an uninterrupted one would. Spaced by ``n_samples``: vLLM samples k of a
-    request with seed + k."""
-    index = run_seed * 1_000_003 * 256 * n_windows + attempt * n_windows + window
-    return (index * n_samples) & _SEED_MASK
-
-
-class _PromptChunks:
-    """Prompts read from the store a chunk at a time, when first leased.
+class _RequestChunks:
+    """Requests (prompt and limits) read from the store a chunk at a time, when first leased.
 
     A restarted coordinator is ready once it has read status and attempts (two bytes a
     window), not every prompt (1e6 windows: ~0.6 GB). Windows are leased mostly in order,
@@ -388,18 +407,18 @@ class _PromptChunks:
     def __init__(self, store: RunStore, cached_chunks: int = 8):
         self.store = store
         self.cached_chunks = cached_chunks
-        self.chunks: collections.OrderedDict[int, list[str]] = collections.OrderedDict()
+        self.chunks: collections.OrderedDict[int, list[WindowRequest]] = collections.OrderedDict()
 
-    def get(self, windows: np.ndarray) -> list[str]:
-        size = self.store.layout.chunk_windows
+    def get(self, windows: np.ndarray) -> list[WindowRequest]:
+        size = self.store.chunk_windows
         return [self._chunk(w // size)[w % size] for w in windows.tolist()]
 
-    def _chunk(self, chunk: int) -> list[str]:
+    def _chunk(self, chunk: int) -> list[WindowRequest]:
         if chunk in self.chunks:
             self.chunks.move_to_end(chunk)
         else:
-            where = self.store.layout.chunk_slice(chunk)
-            self.chunks[chunk] = self.store.read_prompts(where.start, where.stop)
+            size = self.store.chunk_windows
+            self.chunks[chunk] = self.store.read_requests(chunk * size, (chunk + 1) * size)
             if len(self.chunks) > self.cached_chunks:
                 self.chunks.popitem(last=False)
         return self.chunks[chunk]

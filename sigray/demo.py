@@ -30,17 +30,23 @@ def demo_labels() -> pd.DataFrame:
 @dataclass
 class DemoOutcome:
     result: object  # RunResult
-    picture: str
+    picture: str | None  # None when it could not be drawn (``picture_error`` says why)
+    picture_error: str = ""
 
 
 def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=None, **settings) -> DemoOutcome:
-    """Run (or resume) the demo and draw its picture."""
+    """Run (or resume) the demo and draw its picture; a picture that cannot be drawn never
+    costs the run (its results are saved): ``picture_error`` says why."""
     from sigray.api import run
     from sigray.plot import plot_from_store
 
     name, frame = demo_signal(max_rows)
     result = run([(name, frame)], store, on_progress=on_progress, **settings)
-    if not result.stopped:
-        known = demo_labels()
+    if result.stopped:
+        return DemoOutcome(result=result, picture=None)
+    known = demo_labels()
+    try:
         plot_from_store(store, picture, name, labels={name: list(zip(known["start"], known["end"]))})
+    except Exception as exc:  # noqa: BLE001 - the results are saved; a picture is a bonus
+        return DemoOutcome(result=result, picture=None, picture_error=str(exc))
     return DemoOutcome(result=result, picture=picture)

@@ -31,3 +31,7 @@ class StoreLockedError(StoreError):
 
 class ResultsUnavailableError(StoreError):
     """The store holds no saved result for what was asked (run unfinished, or an older store)."""
+
+
+class SigrayWarning(UserWarning):
+    """Odd but usable input or settings (unsorted timestamps, mostly imputed points...)."""

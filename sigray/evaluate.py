@@ -1,10 +1,11 @@
 """Score detected anomalies against known ones with Orion's own contextual metrics.
 
 Labels come in Orion's formats: ``signal,events`` (events a JSON list of ``[start, end]``)
-or ``signal,start,end`` (one row per event), timestamps in epoch seconds as in
-``orion.data``. Scores follow Orion's benchmark: per signal, the contextual confusion
-matrix, *overlap* (an event counts when any part of it is found) and *weighted* (counted
-by duration); overall scores come from the summed confusion matrices.
+or ``signal,start,end`` (one row per event), times in epoch seconds as in ``orion.data``,
+or dates (as signals may have them; read as UTC, like a signal's). Scores follow Orion's
+benchmark: per signal, the contextual confusion matrix, *overlap* (an event counts when
+any part of it is found) and *weighted* (counted by duration); overall scores come from the
+summed confusion matrices.
 """
 
 from __future__ import annotations
@@ -27,27 +28,39 @@ def load_labels(path: str) -> dict[str, list[tuple[int, int]]]:
         frame = pd.read_csv(path)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(f"labels file {path} is not a readable CSV: {exc}") from None
+    frame = frame.rename(columns=lambda c: str(c).strip())
     columns = set(frame.columns)
     labels: dict[str, list[tuple[int, int]]] = {}
     if {"signal", "events"} <= columns:
         for row in frame.itertuples(index=False):
             try:
                 events = json.loads(str(row.events))
-                labels[str(row.signal)] = [(int(s), int(e)) for s, e in events]
+                labels[str(row.signal)] = [(_seconds(s), _seconds(e)) for s, e in events]
             except (ValueError, TypeError) as exc:
-                problem = f"events of {row.signal!r} are not [[start, end], ...]: {exc}"
+                problem = f"events of {row.signal!r} are not [[start, end], ...] of seconds or dates: {exc}"
                 raise InputError(f"labels file {path}: {problem}") from None
     elif {"signal", "start", "end"} <= columns:
         for row in frame.itertuples(index=False):
             try:
-                labels.setdefault(str(row.signal), []).append((int(row.start), int(row.end)))
+                labels.setdefault(str(row.signal), []).append((_seconds(row.start), _seconds(row.end)))
             except (ValueError, TypeError):
-                raise InputError(f"labels file {path}: start/end of {row.signal!r} are not integers.") from None
+                raise InputError(
+                    f"labels file {path}: start/end of {row.signal!r} are neither seconds nor dates."
+                ) from None
     else:
         raise InputError(
             f"labels file {path} has columns {sorted(columns)}; expected Orion's signal,events or signal,start,end."
         )
     return labels
+
+
+def _seconds(value) -> int:
+    """Epoch seconds from a number or a date (naive dates are UTC, as in a signal)."""
+    if isinstance(value, (int, float)) or str(value).lstrip("-").replace(".", "", 1).isdigit():
+        return int(float(value))
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return int(stamp.timestamp())
 
 
 def _scores(tp: float, fp: float, fn: float) -> dict:

@@ -10,25 +10,30 @@ or sooner when its driver ran on this host, that process is gone (a SIGKILLed dr
 a crashed job) and nobody has renewed the lease for two renewal periods: Ray ends a
 dead driver's actors within a second or two, and the second condition waits for that,
 so a rerun of the same command resumes within seconds and never beside a coordinator
-that is still writing. Taking a lease is serialised by an exclusive-create mutex file,
-so two drivers starting together cannot both win.
+that is still writing. Taking and renewing a lease are serialised by an exclusive-create
+mutex file, so two drivers starting together cannot both win, and a renewal never
+overwrites a lease another run has just taken.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 
 from sigray.errors import StoreError, StoreLockedError
-from sigray.storage import Location
+from sigray.storage import Storage, open_storage
 
+log = logging.getLogger(__name__)
 _LEASE = "lease.json"
 _MUTEX = "lease.mutex"
 _MUTEX_STALE_S = 30.0
+_MUTEX_WAIT_S = 10.0  # another process holds it for milliseconds
 _SILENCE_MARGIN_S = 2.0
 
 
@@ -60,8 +65,9 @@ def new_owner_id() -> str:
     return uuid.uuid4().hex
 
 
-def read_lease(store_path: str) -> Lease | None:
-    data = Location(store_path).read(_LEASE)
+def read_lease(store: str | Storage) -> Lease | None:
+    """The lease of the store at ``store`` (a path, a URL or a Storage), None when nobody holds it."""
+    data = open_storage(store).read(_LEASE)
     if data is None:
         return None
     try:
@@ -70,50 +76,116 @@ def read_lease(store_path: str) -> Lease | None:
         return None  # a damaged lease file protects nothing; it is replaced on acquire
 
 
-def acquire(store_path: str, owner: str, ttl_s: float, renew_every_s: float) -> Lease:
+def acquire(store: str | Storage, owner: str, ttl_s: float, renew_every_s: float) -> Lease:
     """Take the lease for ``owner`` or raise StoreLockedError naming the live holder.
 
     When the holder's driver is gone but its lease was renewed moments ago, wait (a few
     seconds) for its coordinator to stop. A lease already held by ``owner`` (a restarted
     coordinator of the same run) keeps naming the driver that took it.
     """
+    storage = open_storage(store)
+    storage.check_root()
     give_up = time.time() + ttl_s
     while True:
-        with _Mutex(store_path):
+        with _Mutex(storage):
             now = time.time()
-            held = read_lease(store_path)
+            held = read_lease(storage)
             if held is None or held.owner == owner or not held.alive(now):
                 lease = _fresh(owner, ttl_s, renew_every_s, now)
                 if held is not None and held.owner == owner:
                     lease = replace(lease, host=held.host, pid=held.pid)
-                _write(store_path, lease)
+                _write(storage, lease)
                 return lease
         if not held.driver_gone() or now > give_up:
             raise StoreLockedError(
-                f"store {store_path} is in use by another run (driver pid {held.pid} on {held.host}, "
+                f"store {storage.url} is in use by another run (driver pid {held.pid} on {held.host}, "
                 f"lease expires in {held.expires_at - now:.0f} s unless renewed). Wait for it to finish, "
                 "stop it, or use another --store."
             )
         time.sleep(max(0.1, min(held.silent_after, held.expires_at) - now))  # its coordinator is stopping
 
 
-def renew(store_path: str, lease: Lease, ttl_s: float) -> Lease:
-    """Extend our lease; StoreLockedError if someone else holds it now (we must stop writing)."""
-    held = read_lease(store_path)
-    if held is None or held.owner != lease.owner:
+def renew(store: str | Storage, lease: Lease, ttl_s: float) -> Lease:
+    """Extend our lease; StoreLockedError if someone else holds it now (we must stop writing).
+
+    Under the mutex, as taking it is: else a run taking the lease between our read and our
+    write would have its lease overwritten by ours, and two runs would write the store."""
+    storage = open_storage(store)
+    try:
+        with _Mutex(storage):
+            held = _held_by(storage, lease.owner)
+            now = time.time()
+            renewed = replace(held, renewed_at=now, expires_at=now + ttl_s)
+            _write(storage, renewed)
+            return renewed
+    except _MutexBusy:  # left by a process killed while taking the lease: nobody can take it meanwhile
+        _held_by(storage, lease.owner)
+        log.warning("store %s: lease not renewed this time (its mutex is busy)", storage.url)
+        return lease
+
+
+def _held_by(storage: Storage, owner: str) -> Lease:
+    held = read_lease(storage)
+    if held is None or held.owner != owner:
         holder = "nobody" if held is None else f"pid {held.pid} on {held.host}"
-        raise StoreLockedError(f"store {store_path}: lost the write lease (now held by {holder}); stopping.")
-    now = time.time()
-    renewed = replace(held, renewed_at=now, expires_at=now + ttl_s)
-    _write(store_path, renewed)
-    return renewed
+        raise StoreLockedError(f"store {storage.url}: lost the write lease (now held by {holder}); stopping.")
+    return held
 
 
-def release(store_path: str, owner: str) -> None:
+class KeptLease:
+    """Renews a held lease in a background thread while the driver works on the store itself
+    (preparing it, post-processing: work that can outlast the lease's time to live).
+
+    ``check()`` raises StoreLockedError once the lease was lost: call it before each write
+    (fencing), so a driver that lost its store never writes into a replaced one.
+    """
+
+    def __init__(self, store: str | Storage, lease: Lease, ttl_s: float):
+        self.storage = open_storage(store)
+        self.lease = lease
+        self.ttl_s = ttl_s
+        self.lost: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew_forever, name="sigray-lease", daemon=True)
+
+    def __enter__(self) -> KeptLease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        if self.lost:
+            raise StoreLockedError(self.lost)
+
+    def _renew_forever(self) -> None:
+        while not self._stop.wait(self.lease.renew_every_s):
+            try:
+                self.lease = renew(self.storage, self.lease, self.ttl_s)
+            except StoreLockedError as exc:
+                self.lost = str(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - a storage hiccup: try again at the next period
+                log.warning("store %s: lease not renewed (%s: %s)", self.storage.url, type(exc).__name__, exc)
+
+
+def release(store: str | Storage, owner: str) -> None:
     """Give the lease up if we hold it (a finished run lets the next one in at once)."""
-    held = read_lease(store_path)
+    storage = open_storage(store)
+    held = read_lease(storage)
     if held is not None and held.owner == owner:
-        Location(store_path).remove(_LEASE)
+        storage.remove(_LEASE)
+
+
+def check_held(store: str | Storage, owner: str) -> None:
+    """StoreLockedError unless ``owner`` holds the lease now: fencing before a write that
+    does not renew (a store created or grown by the driver)."""
+    storage = open_storage(store)
+    held = read_lease(storage)
+    if held is None or held.owner != owner or not held.alive(time.time()):
+        raise StoreLockedError(f"store {storage.url}: this run does not hold the write lease; stopping.")
 
 
 def _fresh(owner: str, ttl_s: float, renew_every_s: float, now: float) -> Lease:
@@ -127,11 +199,11 @@ def _fresh(owner: str, ttl_s: float, renew_every_s: float, now: float) -> Lease:
     )
 
 
-def _write(store_path: str, lease: Lease) -> None:
+def _write(storage: Storage, lease: Lease) -> None:
     try:
-        Location(store_path).write(_LEASE, json.dumps(asdict(lease)).encode())
+        storage.write(_LEASE, json.dumps(asdict(lease)).encode())
     except OSError as exc:
-        raise StoreError(f"cannot write the lease of store {store_path}: {exc.strerror or exc}.") from None
+        raise StoreError(f"cannot write the lease of store {storage.url}: {exc.strerror or exc}.") from None
 
 
 def _process_exists(pid: int) -> bool:
@@ -144,29 +216,46 @@ def _process_exists(pid: int) -> bool:
     return True
 
 
-class _Mutex:
-    """An exclusive-create file (a conditional PUT on object stores) held for the moment of an acquire."""
+class _MutexBusy(StoreLockedError):
+    """The lease's mutex stayed taken for seconds."""
 
-    def __init__(self, store_path: str):
-        self.location = Location(store_path)
+
+class _Mutex:
+    """An exclusive-create file (a conditional PUT on object stores) held for the moment a lease is
+    taken or renewed.
+
+    It names its holder (host, pid): one left by a process killed inside an acquire is cleared
+    at once on that host, and after ``_MUTEX_STALE_S`` from any other.
+    """
+
+    def __init__(self, storage: Storage):
+        self.storage = storage
 
     def __enter__(self) -> _Mutex:
-        deadline = time.monotonic() + 10.0
+        deadline = time.monotonic() + _MUTEX_WAIT_S
         while True:
             try:
-                if self.location.create_exclusive(_MUTEX):
+                holder = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
+                if self.storage.create_exclusive(_MUTEX, holder):
                     return self
                 self._clear_if_stale()
             except OSError as exc:
-                raise StoreError(f"cannot lock store {self.location.path}: {exc.strerror or exc}.") from None
+                raise StoreError(f"cannot write to store {self.storage.url}: {exc.strerror or exc}.") from None
             if time.monotonic() > deadline:
-                raise StoreLockedError(f"store {self.location.path}: another process is taking its lease.")
+                raise _MutexBusy(f"store {self.storage.url}: another process is taking its lease.")
             time.sleep(0.05)  # another acquire holds the mutex for milliseconds
 
     def __exit__(self, *exc) -> None:
-        self.location.remove(_MUTEX)
+        self.storage.remove(_MUTEX)
 
     def _clear_if_stale(self) -> None:
-        age = self.location.age_s(_MUTEX, time.time())
-        if age is not None and age > _MUTEX_STALE_S:
-            self.location.remove(_MUTEX)  # left by a process killed inside an acquire
+        age = self.storage.age_s(_MUTEX, time.time())
+        if age is None:
+            return
+        try:
+            holder = json.loads(self.storage.read(_MUTEX) or b"{}")
+            gone = holder.get("host") == socket.gethostname() and not _process_exists(int(holder["pid"]))
+        except (ValueError, KeyError, TypeError):
+            gone = False  # written by an older sigray, or still being written
+        if gone or age > _MUTEX_STALE_S:
+            self.storage.remove(_MUTEX)  # left by a process killed inside an acquire

@@ -9,15 +9,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+REFUSED = "refused by the engine: "
+"""How the reason of a window the engine refused begins (see ``engines.base``)."""
+
 
 @dataclass(frozen=True)
 class Batch:
-    """Windows leased to one worker. ``seeds[i]`` seeds window ``windows[i]`` at this attempt."""
+    """Windows leased to one worker. ``seeds[i]`` seeds window ``windows[i]`` at this attempt;
+    ``max_digits[i]`` and ``max_tokens[i]`` are its answer limits."""
 
     lease_id: int
-    windows: np.ndarray  # int64 window ids
+    windows: np.ndarray  # int64 rows of the window table
     prompts: list[str]
     seeds: list[int]
+    max_digits: list[int]
+    max_tokens: list[int]
 
 
 @dataclass(frozen=True)
@@ -25,7 +31,8 @@ class BatchReport:
     """A worker's verdict on every window of one batch.
 
     ``answers[i]`` holds the sampled texts when window ``windows[i]`` passed validation,
-    else ``None`` and ``reasons[i]`` says why; ``values[i]`` are its parsed values.
+    else ``None`` and ``reasons[i]`` says why; ``final[i]`` when the engine refused it for
+    good (the window fails at once). ``values[i]`` are its parsed values.
     """
 
     lease_id: int
@@ -34,6 +41,7 @@ class BatchReport:
     answers: list[list[str] | None]
     values: np.ndarray  # float32 [k, n_samples, horizon], NaN where invalid
     reasons: list[str] = field(default_factory=list)
+    final: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

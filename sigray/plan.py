@@ -1,68 +1,196 @@
-"""Everything decided before any engine starts: signals, windows, prompts, identity.
+"""Everything decided before any engine starts: signals, windows, requests, identities.
 
-Planning runs sigllm's own preprocessing in the driver. It is deterministic, so a
-resumed run plans again and gets the same windows; the fingerprint proves it.
+Planning runs sigllm's own preprocessing. It is deterministic, so a resumed run plans
+again and gets the same windows; a signal the store holds settled with the same data is
+not preprocessed again unless it is post-processed. Each window's request (its prompt and answer limits)
+is keyed by content under the *generation identity*, what decides answers: the same
+window asks the same thing, and is answered once, in any signal and any store.
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from sigray.config import RunConfig, fingerprint
 from sigray.engines import Sampling
-from sigray.errors import ConfigError, InputError
-from sigray.pipelines.answers import AnswerFormat
+from sigray.errors import ConfigError, InputError, SigrayWarning
+from sigray.keys import window_key, window_seed
+from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, load_signals
-from sigray.store import SignalRange, StoreLayout
+from sigray.store import NewSignal, WindowRequest
 
 
 @dataclass
 class RunPlan:
+    """A planned run: its signals' windows and the two identities that name its work.
+
+    ``identity``/``fingerprint``: the generation (what decides answers); a store holds one.
+    ``detection``/``detection_fingerprint``: what post-processing does with the answers;
+    each is a result set of its own in the store.
+    """
+
     config: RunConfig
     pipeline: SigllmPipeline
-    plans: list[SignalPlan]
+    plans: list[PlannedSignal]
     answers: AnswerFormat
     sampling: Sampling
     identity: dict
     fingerprint: str
-    layout: StoreLayout
+    detection: dict
+    detection_fingerprint: str
+    normal: Signal | None = None
+
+    def samplings(self, signal_plan: PlannedSignal, constrained: bool | None = None) -> list[Sampling]:
+        """Each window's sampling (its own token budget and, when constrained, regex), as workers ask."""
+        constrained = self.config.constrained if constrained is None else constrained
+        return [
+            sampling_for(self.sampling, self.answers, r.max_digits, r.max_tokens, constrained)
+            for r in signal_plan.requests
+        ]
+
+    def seeds(self, signal_plan: PlannedSignal, attempt: int = 0) -> list[int]:
+        """Each window's seed at ``attempt``, as the coordinator hands them out."""
+        return [window_seed(self.config.seed, r.key, attempt) for r in signal_plan.requests]
+
+    def new_signal(self, plan: PlannedSignal) -> NewSignal:
+        signal = plan.signal
+        values = signal.values.reshape(len(signal.values), -1)
+        return NewSignal(signal.name, signal.digest(), signal.timestamps, values, plan.requests)
+
+
+def generation_identity(config: RunConfig, pipeline: SigllmPipeline, answers: AnswerFormat, normal) -> dict:
+    """What decides a window's answers and which answers are valid (stored in the store,
+    compared on reopen); signals and detection settings are not in it."""
+    sampling = pipeline.sampling()
+    return {
+        "store_format_version": 2,
+        "pipeline": pipeline.name,
+        "generation_spec": pipeline.generation_spec(),
+        "answers": answers.identity,
+        "sampling": {
+            "n": sampling.n,
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "chat": sampling.chat,
+        },
+        **config.answer_settings(),
+        "normal": None if normal is None else normal.digest(),
+    }
+
+
+class PlannedSignal:
+    """One signal of a run and its sigllm preprocessing (``SignalPlan``'s windows, prompts,
+    MLBlocks context, and the keyed requests), run on first use. A signal its store holds
+    settled, with the same data under the same generation, is preprocessed only when it is
+    post-processed: the cost of a resumed run follows what is left to do (issue 16)."""
+
+    def __init__(self, signal: Signal, pipeline: SigllmPipeline, normal, answers: AnswerFormat, generation: str):
+        self.signal = signal
+        self._pipeline, self._normal, self._answers, self._generation = pipeline, normal, answers, generation
+
+    @functools.cached_property
+    def preprocessed(self) -> SignalPlan:
+        """Raises InputError when the signal is too short for one window."""
+        plan = self._pipeline.plan(self.signal, self._normal)
+        if plan.n_windows == 0:
+            raise InputError(self._pipeline.too_short(self.signal))
+        plan.requests = requests_of(plan, self._answers, self._generation)
+        return plan
+
+    @property
+    def is_preprocessed(self) -> bool:
+        return "preprocessed" in self.__dict__
+
+    @property
+    def windows(self) -> list[str]:
+        return self.preprocessed.windows
 
     @property
     def prompts(self) -> list[str]:
-        return [prompt for plan in self.plans for prompt in plan.prompts]
+        return self.preprocessed.prompts
+
+    @property
+    def context(self) -> dict:
+        return self.preprocessed.context
+
+    @property
+    def requests(self) -> list[WindowRequest]:
+        return self.preprocessed.requests
+
+    @property
+    def n_windows(self) -> int:
+        return self.preprocessed.n_windows
 
 
-def make_plan(config: RunConfig, sources: list) -> RunPlan:
-    """Load and check the signals, window them with sigllm, and name the run.
+def requests_of(plan: SignalPlan, answers: AnswerFormat, generation: str) -> list[WindowRequest]:
+    requests = []
+    for window, prompt in zip(plan.windows, plan.prompts):
+        max_digits, max_tokens = answers.limits(window)
+        requests.append(
+            WindowRequest(window_key(generation, prompt, max_digits, max_tokens), prompt, max_digits, max_tokens)
+        )
+    return requests
 
-    Raises InputError (bad or too-short signals) or ConfigError (unknown pipeline,
-    bad parameters) before anything is written or started.
+
+def make_pipeline(config: RunConfig, base_spec: dict | None = None) -> SigllmPipeline:
+    return SigllmPipeline(
+        config.pipeline, config.pipeline_params, fix_units=config.fix_error_units, base_spec=base_spec
+    )
+
+
+def make_plan(
+    config: RunConfig,
+    sources: list,
+    base_spec: dict | None = None,
+    normal: Signal | None = None,
+    settled: Callable[[str], Mapping[str, str]] | None = None,
+) -> RunPlan:
+    """Load and check the signals, window them with sigllm, and name the run's work.
+
+    ``settled``: given the generation's fingerprint, the signals (name -> data digest) the
+    run's store holds under it with every window settled (``sigray.prepare.settled_signals``);
+    those are preprocessed only when first used (to post-process), every other signal here.
+
+    Raises InputError (bad or too-short signals, values sigllm cannot scale) or
+    ConfigError (unknown pipeline, bad parameters) before anything is written or started;
+    odd but usable data is a ``SigrayWarning``.
     """
-    signals: list[Signal] = load_signals(sources)
-    pipeline = SigllmPipeline(config.pipeline, config.pipeline_params, fix_units=config.fix_error_units)
-    normal = load_signals([config.normal])[0] if config.normal else None
+    pipeline = make_pipeline(config, base_spec)
+    signals: list[Signal] = load_signals(sources, unit=config.timestamp_unit)
+    if normal is None and config.normal:
+        normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:
         raise ConfigError(f"pipeline {config.pipeline!r} takes no normal reference signal; drop --normal.")
-    plans = [pipeline.plan(signal, normal) for signal in signals]
-    empty = [plan.signal.name for plan in plans if plan.n_windows == 0]
-    if empty:
+    if normal is None and pipeline.needs_normal:
         raise InputError(
-            f"signal(s) {', '.join(empty)} too short for one window of pipeline {config.pipeline!r} "
-            f"(it needs {pipeline.min_points()} points after aggregating to its interval); "
-            "give a longer signal or a smaller window_size/interval."
+            f"pipeline {config.pipeline!r} is one-shot: it needs a normal reference signal "
+            "(a CSV of timestamp,value without anomalies; --normal FILE, or normal= in the API)."
         )
-    answers = pipeline.answer_format(plans)
-    ranges, offset = [], 0
+    for signal in signals:
+        for note in pipeline.check_signal(signal):
+            warnings.warn(note, SigrayWarning, stacklevel=2)
+    answers = pipeline.answer_format()
+    identity = generation_identity(config, pipeline, answers, normal)
+    generation = fingerprint(identity)
+    known = settled(generation) if settled else {}
+    plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
     for plan in plans:
-        ranges.append(SignalRange(plan.signal.name, offset, plan.n_windows))
-        offset += plan.n_windows
-    sampling = pipeline.sampling(answers, config.constrained)
-    identity = config.identity(pipeline.spec, {s.name: s.digest() for s in signals})
-    identity["answers"] = answers.identity
-    if normal is not None:
-        identity["normal"] = normal.digest()
-    layout = StoreLayout(
-        tuple(ranges), n_samples=sampling.n, horizon=answers.horizon, chunk_windows=config.chunk_windows
+        if known.get(plan.signal.name) != plan.signal.digest():
+            plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
+    detection = pipeline.detection_settings()
+    return RunPlan(
+        config=config,
+        pipeline=pipeline,
+        plans=plans,
+        answers=answers,
+        sampling=pipeline.sampling(),
+        identity=identity,
+        fingerprint=generation,
+        detection=detection,
+        detection_fingerprint=fingerprint(detection),
+        normal=normal,
     )
-    return RunPlan(config, pipeline, plans, answers, sampling, identity, fingerprint(identity), layout)

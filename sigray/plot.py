@@ -9,41 +9,70 @@ import pandas as pd
 
 from sigray.errors import InputError
 
+_SET_COLOURS = ("tab:red", "tab:purple", "tab:orange", "tab:brown")
+_LATEST_DATE_S = 9.2e9  # pandas' datetime64[ns] ends in 2262
+
 
 def plot_signal(
     signal: pd.DataFrame,
-    anomalies: pd.DataFrame,
+    detections: list[tuple[str, pd.DataFrame | None]],
     out_path: str,
     title: str = "",
     forecast: np.ndarray | None = None,
     forecast_index: np.ndarray | None = None,
     labels: pd.DataFrame | None = None,
 ) -> str:
-    """Write a PNG to ``out_path`` (its folder made if needed): detections shaded red, true labels
-    outlined green."""
+    """Write a PNG to ``out_path`` (its folder made if needed).
+
+    ``detections``: (label, anomalies) per result set, each shaded in its own colour and
+    band (one set fills the height; two split it, to compare); None for a set without a
+    result yet. True labels are outlined green. Timestamps beyond what dates can show are
+    drawn as plain numbers.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    times = np.asarray(signal["timestamp"], dtype="float64")
+    as_dates = times.size > 0 and np.abs(times).max() < _LATEST_DATE_S
+
     def when(seconds):
-        return pd.to_datetime(np.asarray(seconds), unit="s")
+        seconds = np.asarray(seconds, dtype="float64")
+        return pd.to_datetime(seconds, unit="s") if as_dates else seconds
 
     fig, ax = plt.subplots(figsize=(12, 4))
-    ax.plot(when(signal["timestamp"]), signal["value"], lw=0.6, color="0.3", label="signal")
+    values = [c for c in signal.columns if c != "timestamp"]
+    ax.plot(when(times), signal[values[0]], lw=0.6, color="0.3", label="signal" if len(values) == 1 else values[0])
     if forecast is not None and forecast_index is not None and len(forecast) == len(forecast_index):
         ax.plot(when(forecast_index), forecast, lw=0.8, color="tab:blue", alpha=0.8, label="forecast (LLM)")
-    for i, row in enumerate(anomalies.itertuples()):
-        ax.axvspan(when(row.start), when(row.end), color="tab:red", alpha=0.25, label="detected" if i == 0 else None)
+    band = 1.0 / max(1, len(detections))
+    for k, (name, anomalies) in enumerate(detections):
+        if anomalies is None:
+            continue
+        colour = _SET_COLOURS[k % len(_SET_COLOURS)]
+        label = "detected" if len(detections) == 1 else f"detected: {name}"
+        for i, row in enumerate(anomalies.itertuples()):
+            ax.axvspan(
+                when(row.start),
+                when(row.end),
+                ymin=1 - (k + 1) * band,
+                ymax=1 - k * band,
+                color=colour,
+                alpha=0.25,
+                label=label if i == 0 else None,
+            )
     if labels is not None:
         for i, row in enumerate(labels.itertuples()):
             ax.axvspan(
                 when(row.start), when(row.end), fill=False, ec="tab:green", lw=1.5, label="labelled" if i == 0 else None
             )
-    ax.set_xlim(when(signal["timestamp"].iloc[0]), when(signal["timestamp"].iloc[-1]))
+    if times.size:
+        ax.set_xlim(when(times.min()), when(times.max()))
     ax.set_title(title)
     ax.legend(loc="upper left", fontsize=8)
-    fig.autofmt_xdate()
+    if as_dates:
+        fig.autofmt_xdate()
     fig.tight_layout()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
@@ -56,22 +85,42 @@ def plot_signal(
 
 
 def plot_from_store(
-    store: str, out_path: str, signal: str | None = None, labels: dict[str, list[tuple[int, int]]] | None = None
-) -> str:
-    """Draw one signal of a finished run from its store alone (see ``report.saved_signal``
-    for the errors); ``labels`` as ``evaluate.load_labels`` returns them."""
-    from sigray.report import saved_signal
+    store: str,
+    out_path: str,
+    signal: str | None = None,
+    labels: dict[str, list[tuple[int, int]]] | None = None,
+    sets: list[str | None] | None = None,
+) -> tuple[str, bool]:
+    """Draw one signal from its store alone (errors: ``StoreReader.saved_signal``).
 
-    saved = saved_signal(store, signal)
+    ``labels`` as ``evaluate.load_labels`` returns them; ``sets``: the result sets to draw
+    (ids or names; default the most recently used), two to compare. Returns the picture's
+    path and whether every set drawn had the signal's result (False: the run has not
+    finished it, and the picture says so).
+    """
+    from sigray.reader import open_store
+
+    reader = open_store(store)
+    detections, forecast, finished, title, name, data = [], None, True, "", signal, None
+    for wanted in sets or [None]:
+        saved = reader.saved_signal(name, wanted)
+        name, data = saved.name, saved.signal
+        title = saved.title if not title else title.split(" [")[0] + f" [{len(sets)} result sets]"
+        chosen = reader.result_set(wanted)
+        detections.append((chosen.name if chosen else "none", saved.anomalies))
+        finished = finished and saved.anomalies is not None
+        if forecast is None and saved.forecast is not None:
+            forecast = (saved.forecast, saved.forecast_index)
     known = None
     if labels is not None:
-        known = pd.DataFrame(labels.get(saved.name, []), columns=["start", "end"])
-    return plot_signal(
-        saved.signal,
-        saved.anomalies,
+        known = pd.DataFrame(labels.get(name, []), columns=["start", "end"])
+    path = plot_signal(
+        data,
+        detections,
         out_path,
-        title=saved.title,
-        forecast=saved.forecast,
-        forecast_index=saved.forecast_index,
+        title=title,
+        forecast=None if forecast is None else forecast[0],
+        forecast_index=None if forecast is None else forecast[1],
         labels=known,
     )
+    return path, finished

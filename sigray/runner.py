@@ -1,5 +1,8 @@
 """The driver side of a run: open the store, start the actors, supervise, post-process.
 
+The store is prepared first (``sigray.prepare``: lease, create or check, repair, register
+signals); post-processing saves each signal's result in the run's result set.
+
 The driver is the supervisor. A worker that dies (its process, its node) is reported
 to the coordinator, which requeues its windows uncharged, and is replaced. A worker
 whose lease timed out (a hung engine) is killed and replaced. A coordinator that dies
@@ -9,6 +12,7 @@ state that the store does not: killing it and running the same command resumes.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -20,23 +24,34 @@ import numpy as np
 import pandas as pd
 
 from sigray import lease as store_lease
-from sigray import storage
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
+from sigray.engines import engine_class, rate_limits
 from sigray.errors import SigrayError
 from sigray.messages import Progress
+from sigray.pipelines.sigllm_pipeline import settings_changes
 from sigray.plan import RunPlan
+from sigray.prepare import prepare_store
+from sigray.rate_limit import Schedule
 from sigray.stopping import StopRequested, init_ray_keeping_stop
-from sigray.store import DONE, FAILED, RunStore
-from sigray.worker import Worker, WorkerSettings
+from sigray.storage import client_env
+from sigray.store import DONE, FAILED, PENDING, RunStore, SignalEntry, result_sets
+from sigray.store.result_sets import ResultSetInfo
+from sigray.worker import RECONNECT_S, Worker, WorkerSettings
 
 log = logging.getLogger(__name__)
 _POLL_S = 1.0
 _CLOSE_S = 15.0
 
 
-def _worker_env() -> dict[str, str]:
-    """vLLM logs every engine step at INFO; workers keep warnings unless the user asks."""
-    return {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+def _worker_env(engine_options: dict) -> dict[str, str]:
+    """vLLM logs every engine step at INFO; workers keep warnings unless the user asks. An
+    engine's key (the variable ``api_key_env`` names) goes from the driver's environment to
+    the workers', wherever they run."""
+    env = {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}
+    variable = engine_options.get("api_key_env")
+    if variable and variable in os.environ:
+        env[variable] = os.environ[variable]
+    return env
 
 
 @dataclass
@@ -45,20 +60,29 @@ class SignalResult:
 
     name: str
     anomalies: pd.DataFrame  # start, end, severity
-    failed_windows: list[int]
+    failed_windows: list[int]  # positions within the signal left without an answer
     n_windows: int
     forecast: np.ndarray | None = None
     forecast_index: np.ndarray | None = None
+    failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class RunResult:
+    """What a run did and found. ``total_windows`` counts distinct windows (a window two
+    signals share, or a signal repeats, is asked once); ``signal_windows`` counts them per
+    signal. ``complete``: every signal has its result (not a stop, not an unfinished store)."""
+
     store: str
     model: str = ""
     signals: dict[str, SignalResult] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # signals left without a result (windows still pending)
+    n_signals: int = 0
     total_windows: int = 0
+    signal_windows: int = 0
     resumed_windows: int = 0  # already settled in the store when this run started
     computed_windows: int = 0  # settled by this run
+    added_windows: int = 0  # windows new to the store (its other windows were there already)
     failed_windows: int = 0
     retries: int = 0
     requeued: int = 0
@@ -66,45 +90,63 @@ class RunResult:
     elapsed_s: float = 0.0
     windows_per_s: float = 0.0  # windows settled per second while workers ran (engine start excluded)
     stopped: bool = False  # a graceful stop (SIGTERM, deadline): resumable
+    result_set: ResultSetInfo | None = None
+    detection_changes: list[tuple[str, object, object]] = field(default_factory=list)  # vs the last set used
+    reused_results: int = 0  # signals whose result for this setting was already saved
 
     @property
     def anomalies(self) -> dict[str, pd.DataFrame]:
         return {name: result.anomalies for name, result in self.signals.items()}
 
+    @property
+    def complete(self) -> bool:
+        return not self.stopped and not self.missing
+
 
 def execute(
     plan: RunPlan,
-    model_path: str,
+    model_path: str | None,
     on_progress: Callable[[Progress], None] | None = None,
     deadline_s: float | None = None,
     ray_options: dict | None = None,
+    new: bool = False,
+    compute: bool = True,
 ) -> RunResult:
-    """Run (or resume) the planned run to its end, or to a graceful stop."""
+    """Run (or resume) the planned run to its end, or to a graceful stop.
+
+    ``new``: replace the store (crash-safe; refused while another run holds it).
+    ``compute``: False only post-processes (``sigray detect``): signals whose windows
+    are not all settled are left ``missing``; no engine and no Ray start.
+    """
     config = plan.config
     started = time.monotonic()
     with StopRequested(deadline_s) as stop:  # from here on a SIGTERM is a graceful stop
-        store = RunStore.create_or_open(
-            config.store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, config.to_json()
-        )
         owner = uuid.uuid4().hex
-        store_lease.acquire(config.store, owner, config.store_lease_s, config.flush_interval_s)
+        prepared = prepare_store(plan, owner, new=new)
+        store = prepared.store
         try:
-            for note in store.repair(plan.prompts):
-                log.warning("store %s: %s", config.store, note)
-            status, _ = store.read_state()
-            result = RunResult(store=config.store, model=config.model, total_windows=len(status))
-            result.resumed_windows = int(np.count_nonzero(status != 0))
-            if result.resumed_windows < len(status):
-                _compute(plan, model_path, owner, result, on_progress, stop, ray_options or {})
-            if not result.stopped:
-                _postprocess(plan, RunStore.open(config.store), result)
+            with store_lease.KeptLease(store.storage, prepared.lease, config.store_lease_s) as kept:
+                for note in prepared.notes:
+                    log.warning("store %s: %s", store.path, note)
+                rows = prepared.rows
+                status, _ = store.read_state()
+                result = RunResult(store=store.path, model=config.model or "", total_windows=len(rows))
+                result.n_signals = len(prepared.entries)
+                result.signal_windows = sum(e.n_windows for e in prepared.entries)
+                result.added_windows = prepared.added_windows
+                result.resumed_windows = int(np.count_nonzero(status[rows] != PENDING))
+                if compute and result.resumed_windows < len(rows):
+                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {})
+                result.failed_windows = int(np.count_nonzero(store.read_state()[0][rows] == FAILED))
+                if not result.stopped:
+                    _postprocess(plan, store, prepared.entries, result, stop, kept)
         finally:
-            store_lease.release(config.store, owner)
+            store_lease.release(store.storage, owner)
     result.elapsed_s = time.monotonic() - started
     return result
 
 
-def _compute(plan, model_path, owner, result, on_progress, stop: StopRequested, ray_options) -> None:
+def _compute(plan, model_path, prepared, result, on_progress, stop: StopRequested, ray_options) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -118,47 +160,66 @@ def _compute(plan, model_path, owner, result, on_progress, stop: StopRequested, 
         return
     gpus = config.gpus_per_worker
     if gpus is None:
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        holds_model = getattr(engine_class(config.engine), "holds_model", True)
+        gpus = 1 if holds_model and ray.cluster_resources().get("GPU", 0) >= 1 else 0
     settings = CoordinatorSettings(
-        store_path=storage.normalize(config.store),
-        owner=owner,
+        store_path=prepared.store.path,
+        owner=prepared.lease.owner,
         lease_ttl_s=config.store_lease_s,
         batch_size=config.batch_size,
         max_attempts=config.max_attempts,
         seed=config.seed,
-        n_samples=plan.sampling.n,
         flush_interval_s=config.flush_interval_s,
         lease_timeout_s=config.lease_timeout_s,
+        signal_groups=tuple(entry.group for entry in prepared.entries),
     )
+    # The run's state lives beside the driver: a lost GPU node then costs only its worker's
+    # leases; if the driver's node itself dies, Ray restarts these anywhere.
+    beside_driver = {
+        "num_cpus": 0,
+        "max_restarts": -1,
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+    }
     coordinator = (
         ray.remote(Coordinator)
         .options(
-            max_restarts=-1,
-            num_cpus=0,
-            name=f"sigray-coordinator-{owner[:12]}",
-            # Beside the driver: a lost GPU node then costs only its worker's leases, never
-            # the run's state; if the driver's node itself dies, the restart goes anywhere.
-            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
-            runtime_env={"env_vars": storage.client_env()},  # how to reach an object store
+            name=f"sigray-coordinator-{prepared.lease.owner[:12]}",
+            runtime_env={"env_vars": client_env()},  # how to reach an object store
+            **beside_driver,
         )
         .remote(settings)
     )
+    limits = rate_limits(config.engine, config.engine_options)
+    schedule = None
+    if limits:  # one schedule for every worker: the provider's limits hold for the run
+        # A restart forgets the schedule: at worst one burst early.
+        name = f"sigray-rate-limits-{prepared.lease.owner[:12]}"
+        schedule = ray.remote(Schedule).options(name=name, **beside_driver).remote(limits)
     worker_settings = WorkerSettings(
-        config.engine, model_path, dict(config.engine_options), plan.sampling, plan.answers
+        config.engine,
+        model_path,
+        dict(config.engine_options),
+        plan.sampling,
+        plan.answers,
+        config.constrained,
+        schedule,
     )
     worker_options = {
         "num_gpus": gpus,
         "num_cpus": config.cpus_per_worker,
         "max_restarts": 0,
-        "runtime_env": {"env_vars": _worker_env()},
+        "runtime_env": {"env_vars": _worker_env(config.engine_options)},
     }
-    supervisor = _Supervisor(coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s)
+    supervisor = _Supervisor(
+        coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s, config.load_timeout_s
+    )
     try:
         final = supervisor.supervise(stop, on_progress)
     finally:
         supervisor.shutdown()
+        if schedule is not None:
+            ray.kill(schedule, no_restart=True)
     result.computed_windows = final.done + final.failed - result.resumed_windows
-    result.failed_windows = final.failed
     result.retries = final.retries
     result.requeued = final.requeued
     result.windows_per_s = final.windows_per_s
@@ -170,15 +231,25 @@ class _Supervisor:
     """Keeps ``n_workers`` workers serving the coordinator until the run ends."""
 
     def __init__(
-        self, coordinator, worker_options: dict, worker_settings: WorkerSettings, n_workers: int, lease_timeout_s: float
+        self,
+        coordinator,
+        worker_options: dict,
+        worker_settings: WorkerSettings,
+        n_workers: int,
+        lease_timeout_s: float,
+        load_timeout_s: float,
     ):
         self.coordinator = coordinator
         self.lease_timeout_s = lease_timeout_s
-        self.ever_seen: set[str] = set()  # workers that have called some coordinator incarnation
-        self.killed: set[str] = set()
+        self.load_timeout_s = load_timeout_s
+        self.killed: dict[str, str] = {}  # workers the supervisor killed, and why
         self.worker_options = worker_options
         self.worker_settings = worker_settings
         self.workers: dict[str, object] = {}
+        self.starting: dict[object, str] = {}  # workers waiting for resources or their process
+        self.loading: dict[object, str] = {}  # workers loading their engine
+        self.up_at: dict[str, float] = {}  # when each worker's process was seen up (driver's clock)
+        self.ready_at: dict[str, float] = {}  # when each worker was seen ready to serve
         self.runs: dict[object, str] = {}
         self.replaced = 0
         # Workers lost in a row with no window settled in between: a crash loop (an engine
@@ -197,6 +268,9 @@ class _Supervisor:
         actor = ray.remote(Worker).options(name=f"sigray-worker-{worker_id}", **self.worker_options)
         worker = actor.remote(worker_id, self.coordinator, self.worker_settings)
         self.workers[worker_id] = worker
+        # Called in this order: up once its process is placed, ready once its engine is loaded.
+        self.starting[worker.__ray_ready__.remote()] = worker_id
+        self.loading[worker.load.remote()] = worker_id
         self.runs[worker.run.remote()] = worker_id
 
     def supervise(self, stop: StopRequested, on_progress) -> Progress:
@@ -207,37 +281,55 @@ class _Supervisor:
             ready, _ = ray.wait([finished, *self.runs], num_returns=1, timeout=_POLL_S)
             if finished in ready:
                 try:
-                    return ray.get(finished)
+                    progress = ray.get(finished)
                 except ray.exceptions.RayActorError:
                     finished = self.coordinator.wait_finished.remote()  # it restarted; ask the new one
                     continue
+                self._check_saved()
+                return progress
             for ref in ready:
                 self._worker_ended(ref)
+            self._note_ready()
             health = self._ask(self.coordinator.health.remote(), None)
             if health is not None:
                 self._check(health)
             if stop.requested:
                 log.warning("stop requested: flushing and exiting; run the same command to resume")
-                return ray.get(self.coordinator.stop.remote())
+                progress = ray.get(self.coordinator.stop.remote())
+                self._check_saved()
+                return progress
             progress = self._ask(self.coordinator.progress.remote(), None)
             if progress is not None and on_progress is not None:
                 on_progress(progress)
+
+    def _check_saved(self) -> None:
+        """A run that ended (every window answered, or a stop) still failed if its last flush did:
+        the answers are then in the coordinator's memory only, and the store says pending."""
+        health = self._ask(self.coordinator.health.remote(), None)
+        if health is not None:
+            _raise_if_fatal(health.fatal)
 
     def _check(self, health: Health) -> None:
         """Stop on a fatal store error; kill workers that stopped answering (replaced when their run ends)."""
         import ray
 
-        if health.fatal:
-            raise SigrayError(f"the run stopped: {health.fatal}. Fix the cause and run the same command to resume.")
-        self.ever_seen |= health.seen
+        _raise_if_fatal(health.fatal)
         hung = {w: "its lease timed out" for w in health.timed_out}
-        if health.uptime_s > self.lease_timeout_s:
-            for worker_id in self.ever_seen - health.seen:
-                hung.setdefault(worker_id, "it never came back to the restarted coordinator")
+        # A ready worker calls the coordinator within one batch. One that has not called this
+        # incarnation a lease timeout after both were up is stopped or hung, whether or not it
+        # holds a lease a restart forgot. Loading an engine has a timeout of its own.
+        now = time.monotonic()
+        coordinator_up_at = now - health.uptime_s
+        for worker_id, ready_at in self.ready_at.items():
+            if worker_id not in health.seen and now > max(ready_at, coordinator_up_at) + self.lease_timeout_s:
+                hung.setdefault(worker_id, "it has not called the coordinator for a lease timeout")
+        for worker_id, up_at in self.up_at.items():
+            if worker_id not in self.ready_at and now > up_at + self.load_timeout_s:
+                hung.setdefault(worker_id, f"its engine did not load in {self.load_timeout_s:g} s")
         for worker_id, why in hung.items():
             if worker_id in self.workers and worker_id not in self.killed:
                 log.warning("worker %s stopped answering (%s); replacing it", worker_id, why)
-                self.killed.add(worker_id)
+                self.killed[worker_id] = why
                 ray.kill(self.workers[worker_id], no_restart=True)
 
     def _worker_ended(self, ref) -> None:
@@ -245,28 +337,58 @@ class _Supervisor:
 
         worker_id = self.runs.pop(ref)
         worker = self.workers.pop(worker_id, None)
+        self.up_at.pop(worker_id, None)
+        self.ready_at.pop(worker_id, None)
         try:
             ray.get(ref)
             return  # it ran out of work: the run is finishing or stopping
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-            cause = exc
+            cause = self.killed.pop(worker_id, None) or _one_line(exc)
         if worker is not None:
             # Ray may declare an unresponsive (frozen) process dead while it still holds its
             # CPUs and GPUs; make sure it is gone before its replacement needs them.
             ray.kill(worker, no_restart=True)
-        requeued = self._ask(self.coordinator.worker_lost.remote(worker_id), 0)
-        log.warning("worker %s was lost (%s); %s windows requeued", worker_id, _one_line(cause), requeued)
+        requeued = self._requeue(worker_id)
+        log.warning("worker %s was lost (%s); %s windows requeued", worker_id, cause, requeued)
         progress = self._ask(self.coordinator.progress.remote(), None)
         settled = -1 if progress is None else progress.done + progress.failed
         self.lost_in_a_row = 1 if settled > self.settled_at_last_loss else self.lost_in_a_row + 1
         self.settled_at_last_loss = max(settled, self.settled_at_last_loss)
         if self.lost_in_a_row > self.max_lost_in_a_row:
             raise SigrayError(
-                f"workers keep failing ({self.lost_in_a_row} lost with no progress in between); "
-                f"last error: {_one_line(cause)}"
+                f"workers keep failing ({self.lost_in_a_row} lost with no progress in between); last error: {cause}"
             )
         self.replaced += 1
         self._start_worker()
+
+    def _note_ready(self) -> None:
+        """Record when workers' processes came up and when their engines loaded (or failed to:
+        then their run ends too, and ``_worker_ended`` replaces them)."""
+        for pending, seen_at in ((self.starting, self.up_at), (self.loading, self.ready_at)):
+            for worker_id in _resolved(pending):
+                if worker_id in self.workers:
+                    seen_at[worker_id] = time.monotonic()
+
+    def _requeue(self, worker_id: str) -> int:
+        """Have the coordinator requeue a lost worker's windows; returns how many.
+
+        A call the coordinator may not have run (unreachable for a moment, as when a node
+        dies) is repeated, or those windows would wait out their lease timeout; repeating
+        is safe, as a second call finds nothing left. A restarted coordinator requeued
+        everything not done when it rebuilt itself: nothing to do.
+        """
+        import ray
+
+        deadline = time.monotonic() + RECONNECT_S
+        while True:
+            try:
+                return ray.get(self.coordinator.worker_lost.remote(worker_id), timeout=60)
+            except ray.exceptions.ActorUnavailableError:
+                if time.monotonic() > deadline:
+                    return 0
+                time.sleep(1.0)  # back off while the coordinator is unreachable
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+                return 0
 
     def _ask(self, ref, fallback):
         """A coordinator call that tolerates its restart."""
@@ -288,6 +410,21 @@ class _Supervisor:
         ray.kill(self.coordinator, no_restart=True)
 
 
+def _raise_if_fatal(fatal: str | None) -> None:
+    if fatal:
+        raise SigrayError(f"the run stopped: {fatal}. Fix the cause and run the same command to resume.")
+
+
+def _resolved(pending: dict) -> list:
+    """Pop and return the values of ``pending`` (object refs -> values) whose refs resolved."""
+    import ray
+
+    if not pending:
+        return []
+    ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+    return [pending.pop(ref) for ref in ready]
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[-1][:300] if text else type(exc).__name__
@@ -304,30 +441,87 @@ def _ensure_ray(options: dict) -> None:
         init_ray_keeping_stop(lambda: ray.init(include_dashboard=False, **options))
 
 
-def _postprocess(plan: RunPlan, store: RunStore, result: RunResult) -> None:
-    """sigllm's post-processing per signal on the stored answers; results saved in the store."""
+def _postprocess(
+    plan: RunPlan,
+    store: RunStore,
+    entries: list[SignalEntry],
+    result: RunResult,
+    stop: StopRequested,
+    kept: store_lease.KeptLease,
+) -> None:
+    """sigllm's post-processing per signal on the stored answers, saved in the run's result set.
+
+    A signal whose result for this setting (and its data) is saved already is read, not
+    computed again; one whose windows are not all settled is left ``missing``. A stop request
+    (SIGTERM, deadline) ends it between two signals: what is saved stays. Every write is
+    fenced by the lease. The set is listed (its metadata written) once it holds a result, so a
+    setting that fails leaves no empty set behind.
+    """
+    previous = result_sets.find_set(store.group, None)
+    sid = result_sets.set_id(plan.detection_fingerprint)
     status, _ = store.read_state()
-    for index, (signal_plan, signal_range) in enumerate(zip(plan.plans, store.layout.signals)):
-        where = slice(signal_range.offset, signal_range.stop)
-        answers = store.read_answers(where.start, where.stop)
-        settled = status[where]
-        per_window = [list(map(str, answers[w])) if settled[w] == DONE else None for w in range(len(settled))]
-        detection = plan.pipeline.postprocess(signal_plan, per_window)
-        store.write_result(
-            index,
-            detection.anomalies,
-            detection.failed_windows,
-            detection.forecast,
-            detection.forecast_index,
-            signal_plan.signal.timestamps,
-            signal_plan.signal.values,
+    reasons = None
+    for signal_plan, entry in zip(plan.plans, entries):
+        if stop.requested:
+            result.stopped = True
+            return
+        rows = store.signal_rows(entry)
+        settled = status[rows]
+        if (settled == PENDING).any():
+            result.missing.append(entry.name)
+            continue
+        failed = np.flatnonzero(settled == FAILED)
+        counts = {}
+        if failed.size:
+            reasons = store.read_reasons() if reasons is None else reasons
+            counts = dict(collections.Counter(str(reasons[r]) for r in rows[failed].tolist()))
+        saved = result_sets.read_result(store.group, sid, entry)
+        if saved is None:
+            saved = _detect(plan.pipeline, signal_plan, store, rows, settled)
+            kept.check()
+            result_sets.write_result(store.group, sid, entry, saved)
+        else:
+            result.reused_results += 1
+        if result.result_set is None:
+            kept.check()
+            name = plan.pipeline.detection_name()
+            result.result_set = result_sets.ensure_set(store.group, plan.detection_fingerprint, name, plan.detection)
+        result.signals[entry.name] = SignalResult(
+            name=entry.name,
+            anomalies=pd.DataFrame({"start": saved["start"], "end": saved["end"], "severity": saved["severity"]}),
+            failed_windows=failed.tolist(),
+            n_windows=entry.n_windows,
+            forecast=saved.get("forecast"),
+            forecast_index=saved.get("forecast_index"),
+            failure_reasons=counts,
         )
-        result.signals[signal_range.name] = SignalResult(
-            name=signal_range.name,
-            anomalies=detection.anomalies,
-            failed_windows=detection.failed_windows,
-            n_windows=signal_range.n_windows,
-            forecast=detection.forecast,
-            forecast_index=detection.forecast_index,
-        )
-    result.failed_windows = int(np.count_nonzero(status == FAILED))
+    if previous is not None and result.result_set is not None and previous.id != result.result_set.id:
+        result.detection_changes = settings_changes(previous.detection, plan.detection)
+
+
+def _detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np.ndarray) -> dict[str, np.ndarray]:
+    """One signal's post-processing; the arrays its result set saves. sigllm's own errors (its
+    post-processing on answers it cannot use) end the run with one line naming the signal."""
+    first, last = int(rows.min()), int(rows.max()) + 1
+    answers = store.read_answers(first, last)
+    per_window = [
+        [str(text) for text in answers[row - first]] if state == DONE else None
+        for row, state in zip(rows.tolist(), settled.tolist())
+    ]
+    try:
+        detection = pipeline.postprocess(signal_plan, per_window)
+    except Exception as exc:  # noqa: BLE001 - sigllm's and Orion's code: any error, named, not a traceback
+        raise SigrayError(
+            f"post-processing signal {signal_plan.signal.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
+            f"{exc}); its answers are saved: change the detection settings and run `sigray detect`."
+        ) from exc
+    arrays = {
+        "start": np.asarray(detection.anomalies["start"]),
+        "end": np.asarray(detection.anomalies["end"]),
+        "severity": np.asarray(detection.anomalies["severity"], dtype="float64"),
+        "failed_windows": np.asarray(detection.failed_windows, dtype="int64"),
+    }
+    if detection.forecast is not None:
+        arrays["forecast"] = np.asarray(detection.forecast, dtype="float64")
+        arrays["forecast_index"] = np.asarray(detection.forecast_index)
+    return arrays

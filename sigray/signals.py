@@ -1,61 +1,96 @@
 """Load and check input signals before any engine starts.
 
-A signal is a named, strictly increasing series of (timestamp, value) pairs, with
-timestamps as integer Unix seconds, the shape sigllm and Orion take.
+A signal is a named series of (timestamp, value) pairs, timestamps as Unix seconds: the
+shape sigllm and Orion take. What sigllm accepts, sigray accepts with the same result:
+unsorted and duplicated timestamps (sigllm's aggregation sorts them and averages
+duplicates), dates or fractional seconds; what is odd is a warning naming the rows.
+Refused, with the row and the way forward: what cannot be processed (no rows, values
+that are not numbers, NaN), and timestamps that are not seconds (milliseconds...),
+which sigllm would turn into hours of imputed points.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from sigray.errors import InputError
+from sigray.errors import InputError, SigrayWarning
+
+# Numeric timestamps past this (2200-01-01 as Unix seconds) are not seconds.
+LATEST_SECONDS = 7_258_118_400
+TIMESTAMP_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 
 
 @dataclass(frozen=True)
 class Signal:
-    """One univariate series. Arrays are read-only so the fingerprint stays true."""
+    """One series. Arrays are read-only so the fingerprint stays true.
+
+    ``timestamps`` are Unix seconds: int64 when whole, float64 when fractional; in the
+    order given (sigllm sorts them when it aggregates).
+    """
 
     name: str
-    timestamps: np.ndarray  # int64 seconds, strictly increasing
-    values: np.ndarray  # float64, finite
+    timestamps: np.ndarray  # int64 or float64 [points]
+    values: np.ndarray  # float64 [points], finite
 
     def frame(self) -> pd.DataFrame:
         """The signal as the ``timestamp,value`` frame sigllm's pipelines take."""
         return pd.DataFrame({"timestamp": self.timestamps, "value": self.values})
 
     def digest(self) -> str:
-        """sha256 over the exact timestamps and values: part of the run fingerprint."""
+        """sha256 over the exact timestamps and values: the signal's identity in a store."""
         h = hashlib.sha256()
-        h.update(self.timestamps.astype("<i8").tobytes())
+        if self.timestamps.dtype.kind == "f":
+            h.update(b"float-seconds")  # never equal to a digest of whole seconds
+            h.update(self.timestamps.astype("<f8").tobytes())
+        else:
+            h.update(self.timestamps.astype("<i8").tobytes())
         h.update(self.values.astype("<f8").tobytes())
         return h.hexdigest()
 
 
-# sigllm's Float2Scalar turns (value - minimum) x 10^decimal into int64 (< 9.2e18); this bound
-# keeps that exact for decimal <= 3, with room to spare.
-MAX_ABS_VALUE = 1e15
-
-
-def _timestamps_as_seconds(column: pd.Series, where: str) -> np.ndarray:
+def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column):
         if column.isna().any():
             raise InputError(f"{where}: 'timestamp' has empty cells (row {_first_bad_row(column.isna())}).")
-        as_float = column.to_numpy(dtype="float64")
-        if not np.all(np.isfinite(as_float)) or not np.all(as_float == np.round(as_float)):
-            raise InputError(f"{where}: 'timestamp' must be whole Unix seconds or dates.")
-        return as_float.astype("int64")
-    parsed = pd.to_datetime(column, errors="coerce", utc=True)
+        seconds = column.to_numpy(dtype="float64")
+        if not np.all(np.isfinite(seconds)):
+            raise InputError(f"{where}: 'timestamp' row {_first_bad_row(~np.isfinite(seconds))} is not finite.")
+        if unit is not None:
+            seconds = seconds / TIMESTAMP_UNITS[unit]
+        elif np.abs(seconds).max() > LATEST_SECONDS:
+            raise InputError(_not_seconds(where, seconds))
+        return _whole_if_possible(seconds)
+    parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
     if parsed.isna().any():
         row = _first_bad_row(parsed.isna())
         raise InputError(
             f"{where}: 'timestamp' row {row} ({column.iloc[row - 2]!r}) is neither Unix seconds nor a date."
         )
-    return (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    nanoseconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() * 1e9
+    return _whole_if_possible(np.round(nanoseconds) / 1e9)
+
+
+def _whole_if_possible(seconds: np.ndarray) -> np.ndarray:
+    """int64 when every timestamp is a whole second (the form stores of earlier sigrays hashed)."""
+    return seconds.astype("int64") if np.all(seconds == np.round(seconds)) else seconds
+
+
+def _not_seconds(where: str, seconds: np.ndarray) -> str:
+    biggest = np.abs(seconds).max()
+    likely = next((unit for unit, size in (("ns", 1e18), ("us", 1e15), ("ms", 1e12)) if biggest >= size / 10), None)
+    guess = {"ns": "nanoseconds", "us": "microseconds", "ms": "milliseconds"}.get(likely)
+    hint = (
+        f"they look like {guess}: pass --timestamp-unit {likely} (timestamp_unit='{likely}' in Python)"
+        if guess
+        else "pass --timestamp-unit if they are not seconds"
+    )
+    return f"{where}: timestamps up to {biggest:.0f} are after the year 2200 as Unix seconds; {hint}."
 
 
 def _first_bad_row(mask: pd.Series | np.ndarray) -> int:
@@ -63,12 +98,39 @@ def _first_bad_row(mask: pd.Series | np.ndarray) -> int:
     return int(np.flatnonzero(np.asarray(mask))[0]) + 2
 
 
-def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None) -> Signal:
+def _rows(mask: np.ndarray, most: int = 5) -> str:
+    rows = (np.flatnonzero(mask) + 2).tolist()
+    more = f" and {len(rows) - most} more" if len(rows) > most else ""
+    return ", ".join(map(str, rows[:most])) + more
+
+
+def _warn_if_odd(where: str, timestamps: np.ndarray) -> None:
+    steps = np.diff(timestamps)
+    back = np.concatenate([[False], steps < 0])
+    same = pd.Series(timestamps).duplicated().to_numpy()  # repeated anywhere, sorted or not
+    if back.any():
+        warnings.warn(
+            f"{where}: timestamps go back in time at row(s) {_rows(back)}; sigllm's aggregation sorts them.",
+            SigrayWarning,
+            stacklevel=3,
+        )
+    if same.any():
+        warnings.warn(
+            f"{where}: timestamps repeat at row(s) {_rows(same)}; sigllm's aggregation averages their values.",
+            SigrayWarning,
+            stacklevel=3,
+        )
+
+
+def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None, unit: str | None = None) -> Signal:
     """Check a ``timestamp,value`` frame and turn it into a Signal.
 
+    ``unit``: what numeric timestamps count (``s``, ``ms``, ``us``, ``ns``); by default
+    seconds, and numbers too large for seconds are refused naming the likely unit.
     Raises InputError naming the signal, the column and the first bad row.
     """
     where = where or f"signal {name!r}"
+    frame = frame.rename(columns=lambda c: str(c).strip())
     missing = {"timestamp", "value"} - set(frame.columns)
     if missing:
         raise InputError(
@@ -76,6 +138,8 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None) 
         )
     if len(frame) == 0:
         raise InputError(f"{where}: has no rows.")
+    if unit is not None and unit not in TIMESTAMP_UNITS:
+        raise InputError(f"timestamp unit {unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}.")
     values = pd.to_numeric(frame["value"], errors="coerce")
     bad = values.isna() & frame["value"].notna()
     if bad.any():
@@ -85,57 +149,53 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None) 
     if not np.all(np.isfinite(values)):
         row = _first_bad_row(~np.isfinite(values))
         raise InputError(f"{where}: 'value' row {row} is NaN, empty or infinite; fill or drop it first.")
-    if np.any(np.abs(values) > MAX_ABS_VALUE):
-        row = _first_bad_row(np.abs(values) > MAX_ABS_VALUE)
-        raise InputError(
-            f"{where}: 'value' row {row} ({values[row - 2]:g}) is beyond +-{MAX_ABS_VALUE:g}: sigllm writes values "
-            "as integers (x10^decimal) and such values overflow them; rescale the signal first."
-        )
-    timestamps = np.asarray(_timestamps_as_seconds(frame["timestamp"], where), dtype="int64")
-    steps = np.diff(timestamps)
-    if np.any(steps == 0):
-        row = _first_bad_row(np.concatenate([[False], steps == 0]))
-        raise InputError(f"{where}: duplicate timestamp at row {row}.")
-    if np.any(steps < 0):
-        row = _first_bad_row(np.concatenate([[False], steps < 0]))
-        raise InputError(f"{where}: timestamps are not sorted (row {row} goes back in time); sort the file.")
+    timestamps = np.asarray(_timestamps_as_seconds(frame["timestamp"], where, unit))
+    _warn_if_odd(where, timestamps)
     timestamps.setflags(write=False)
     values.setflags(write=False)
     return Signal(name=name, timestamps=timestamps, values=values)
 
 
-def load_signal(path: str) -> Signal:
-    """Read a CSV file with ``timestamp,value`` columns; the signal is named after the file."""
+def load_signal(path: str, name: str | None = None, unit: str | None = None) -> Signal:
+    """Read a CSV file with ``timestamp,value`` columns; named after the file unless ``name``."""
     if os.path.isdir(path):
         raise InputError(f"{path}: is a directory, not a CSV file.")
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file.")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc}).") from None
-    name = os.path.splitext(os.path.basename(path))[0]
-    return signal_from_frame(name, frame, where=path)
+    name = name or os.path.splitext(os.path.basename(path))[0]
+    return signal_from_frame(name, frame, where=path, unit=unit)
 
 
-def load_signals(sources: list) -> list[Signal]:
-    """Signals from CSV paths, ``(name, DataFrame)`` pairs or Signals; names must be unique."""
+def load_signals(sources: list, unit: str | None = None) -> list[Signal]:
+    """Signals from CSV paths, ``(name, path)`` or ``(name, DataFrame)`` pairs, or Signals;
+    names must be unique. ``unit``: see ``signal_from_frame``."""
     signals = []
     for source in sources:
         if isinstance(source, Signal):
             signals.append(source)
-        elif isinstance(source, tuple) and len(source) == 2:
-            signals.append(signal_from_frame(str(source[0]), source[1]))
+        elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], pd.DataFrame):
+            signals.append(signal_from_frame(str(source[0]), source[1], unit=unit))
+        elif isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], (str, os.PathLike)):
+            signals.append(load_signal(os.fspath(source[1]), name=str(source[0]), unit=unit))
         elif isinstance(source, (str, os.PathLike)):
-            signals.append(load_signal(os.fspath(source)))
+            signals.append(load_signal(os.fspath(source), unit=unit))
         else:
-            raise InputError(f"cannot read a signal from {type(source).__name__}; give a CSV path or (name, frame).")
+            raise InputError(
+                f"cannot read a signal from {type(source).__name__}; give a CSV path, (name, path) or (name, frame)."
+            )
     if not signals:
         raise InputError("no signals given.")
     names = [s.name for s in signals]
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
-        raise InputError(f"two signals share the name(s) {duplicated}; rename the files.")
+        raise InputError(
+            f"two signals share the name(s) {duplicated}; name them apart: NAME=PATH on the command line "
+            "(e.g. smap_pump=smap/pump.csv), (name, path) pairs in Python."
+        )
     return signals

@@ -1,57 +1,77 @@
 """A worker: one engine, pulling batches from the coordinator until the run is done.
 
-It never writes the store. It asks for the next batch before generating the current
-one, so the engine never waits on a round trip, and it sends reports without waiting
-for them. A coordinator that restarts is waited for; a report the restarted
-coordinator no longer knows is harmless (see the coordinator's invariants).
+It never writes the store. It keeps several batches in the engine at once (enough to fill
+its ``concurrency``, plus one waiting) and asks for the next before it needs it, so the
+engine never waits for a round trip, a check or a report; it checks each batch as it
+finishes and sends the report without waiting for it. A coordinator that restarts is
+waited for; a report the restarted coordinator no longer knows is harmless (see the
+coordinator's invariants).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 
 import numpy as np
 
-from sigray.engines import Sampling, load_engine
-from sigray.messages import Batch, BatchReport
-from sigray.pipelines.answers import AnswerFormat
+from sigray.engines import Completion, Sampling, load_engine
+from sigray.messages import REFUSED, Batch, BatchReport
+from sigray.pipelines.answers import AnswerFormat, sampling_for
 
 log = logging.getLogger(__name__)
-_RECONNECT_S = 120.0
+RECONNECT_S = 120.0
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
+    """What a worker needs to build its engine and ask for, and check, answers.
+
+    ``sampling`` is the run's; each window's ``max_tokens`` and regex (when
+    ``constrained``) come from its own limits (``AnswerFormat.limits``).
+    """
+
     engine: str
     model: str
     engine_options: dict
     sampling: Sampling
     answers: AnswerFormat
+    constrained: bool = True
+    schedule: object = None  # the run's shared rate-limit schedule (a Ray actor), when the engine has limits
+
+    def sampling_for(self, max_digits: int, max_tokens: int) -> Sampling:
+        return sampling_for(self.sampling, self.answers, max_digits, max_tokens, self.constrained)
 
 
-def validate(answers: AnswerFormat, texts: list[list[str]]) -> tuple[list[list[str] | None], np.ndarray, list]:
+def validate(
+    answers: AnswerFormat, completions: list[Completion]
+) -> tuple[list[list[str] | None], np.ndarray, list[str], list[bool]]:
     """Read and check every sample of every window; a window is valid when all its samples are.
 
-    Kept texts are sigllm's responses (``answers.response``), what its parsers receive.
+    Returns the kept texts (sigllm's responses, ``answers.response``, what its parsers
+    receive; None when invalid), the parsed values, a reason per invalid window, and
+    whether it is final: the engine refused it for good, so retrying is pointless.
     """
-    n = max((len(t) for t in texts), default=0)
-    values = np.full((len(texts), n, answers.horizon), np.nan, dtype=np.float32)
+    n = max((len(c.texts) for c in completions), default=0)
+    values = np.full((len(completions), n, answers.horizon), np.nan, dtype=np.float32)
     kept: list[list[str] | None] = []
-    reasons = []
-    for i, samples in enumerate(texts):
-        reason = ""
-        samples = [answers.response(text) for text in samples]
+    reasons, final = [], []
+    for i, completion in enumerate(completions):
+        reason = REFUSED + completion.refused if completion.refused else ""
+        samples = [answers.response(text) for text in completion.texts]
         for k, text in enumerate(samples):
-            verdict = answers.check(text)
+            verdict = answers.check(text, cut=completion.cut(k))
             if not verdict.ok:
                 reason = f"sample {k}: {verdict.reason}"
                 break
             values[i, k] = verdict.values
         kept.append(None if reason else list(samples))
         reasons.append(reason)
-    return kept, values, reasons
+        final.append(completion.permanent)
+    return kept, values, reasons, final
 
 
 class Worker:
@@ -61,40 +81,74 @@ class Worker:
         self.worker_id = worker_id
         self.coordinator = coordinator
         self.settings = settings
-        self.engine = load_engine(settings.engine, settings.model, settings.engine_options)
+        self.engine = None
+        self.load_error: BaseException | None = None
         self.windows_done = 0
+        self._unavailable_since: float | None = None  # when the coordinator stopped answering
+        self._sampling = functools.lru_cache(maxsize=256)(settings.sampling_for)
+
+    def load(self) -> None:
+        """Load the engine: a call of its own, so the driver can time it apart from the wait for resources."""
+        try:
+            self.engine = load_engine(self.settings.engine, self.settings.model, self.settings.engine_options)
+            if self.settings.schedule is not None:
+                self.engine.share_schedule(self.settings.schedule.reserve.remote)  # its refs are awaitable
+        except BaseException as exc:
+            self.load_error = exc  # `run`, queued behind this call, ends with it
+            raise
 
     def close(self) -> None:
         """Free the engine (its processes, its GPU memory) before the actor is killed."""
-        close = getattr(self.engine, "close", None)
-        if callable(close):
-            close()
+        if self.engine is not None:
+            self.engine.close()
 
     def run(self) -> int:
         """Serve batches until the run finishes or stops; returns windows answered."""
-        pending = self.coordinator.lease_batch.remote(self.worker_id)
-        while True:
-            batch: Batch | None = self._get(pending)
-            if batch is None:
-                return self.windows_done
-            pending = self.coordinator.lease_batch.remote(self.worker_id)  # prefetch
-            texts = self.engine.generate(batch.prompts, self.settings.sampling, batch.seeds)
-            kept, values, reasons = validate(self.settings.answers, texts)
-            report = BatchReport(batch.lease_id, self.worker_id, batch.windows, kept, values, reasons)
-            self.coordinator.report.remote(report)
-            self.windows_done += len(batch.windows)
+        if self.engine is None:
+            raise self.load_error or RuntimeError("Worker.run before Worker.load")
+        lease: Future | None = self._lease()
+        in_flight: dict[Future, Batch] = {}  # in the order submitted
+        while lease is not None or in_flight:
+            waiting = [*in_flight, lease] if lease is not None and self._wants_more(in_flight) else [*in_flight]
+            for future in wait(waiting, return_when=FIRST_COMPLETED).done:
+                if future is lease:
+                    lease = self._start(lease, in_flight)
+                else:
+                    self._report(in_flight.pop(future), future.result())
+        return self.windows_done
 
-    def _get(self, ref):
-        """Wait for a coordinator call; while it restarts, ask again for a while."""
+    def _wants_more(self, in_flight: dict[Future, Batch]) -> bool:
+        """Another batch, while those before the newest do not fill the engine (at least two in flight)."""
+        sizes = [len(batch.windows) for batch in in_flight.values()]
+        return len(sizes) < 2 or sum(sizes[:-1]) < self.engine.concurrency
+
+    def _lease(self) -> Future:
+        return self.coordinator.lease_batch.remote(self.worker_id).future()
+
+    def _start(self, lease: Future, in_flight: dict[Future, Batch]) -> Future | None:
+        """Submit the leased batch and ask for the next; None when the coordinator says stop.
+        While the coordinator restarts, ask again for a while (``RECONNECT_S``)."""
         import ray
 
-        deadline = time.monotonic() + _RECONNECT_S
-        while True:
-            try:
-                return ray.get(ref)
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("worker %s: coordinator unavailable, asking again", self.worker_id)
-                time.sleep(1.0)  # the coordinator is restarting; back off before asking again
-                ref = self.coordinator.lease_batch.remote(self.worker_id)
+        try:
+            batch: Batch | None = lease.result()
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            self._unavailable_since = self._unavailable_since or time.monotonic()
+            if time.monotonic() - self._unavailable_since > RECONNECT_S:
+                raise
+            log.warning("worker %s: coordinator unavailable, asking again", self.worker_id)
+            time.sleep(1.0)  # the coordinator is restarting; back off before asking again
+            return self._lease()
+        self._unavailable_since = None
+        if batch is None:
+            return None
+        samplings = [self._sampling(d, t) for d, t in zip(batch.max_digits, batch.max_tokens)]
+        in_flight[self.engine.submit(batch.prompts, samplings, batch.seeds)] = batch
+        return self._lease()
+
+    def _report(self, batch: Batch, completions: list[Completion]) -> None:
+        kept, values, reasons, final = validate(self.settings.answers, completions)
+        self.coordinator.report.remote(
+            BatchReport(batch.lease_id, self.worker_id, batch.windows, kept, values, reasons, final)
+        )
+        self.windows_done += len(batch.windows)

@@ -41,7 +41,9 @@ def main(signal: str, store: str, out_json: str) -> None:
         )
         run.wait_for_done(200)
         status, _ = RunStore.open(store, read_only=True).read_state()
-        cluster.remove_node(_node_of(busy, nodes), allow_graceful=False)
+        removed = _node_of(busy, nodes)
+        coordinator_node = _coordinator_node()
+        cluster.remove_node(removed, allow_graceful=False)
         removed_at = time.monotonic()
         cluster.add_node(num_cpus=1, num_gpus=1)
         result = run.result()
@@ -51,6 +53,7 @@ def main(signal: str, store: str, out_json: str) -> None:
             "computed": result.computed_windows,
             "workers_replaced": result.workers_replaced,
             "requeued": result.requeued,
+            "coordinator_on_removed_node": coordinator_node == removed.node_id,
             "anomalies": result.anomalies[result.signals.popitem()[0]].to_dict(orient="list"),
             "sigray": sigray.__name__,
         }
@@ -70,6 +73,14 @@ def _node_of(pid_path: str, nodes):
     [actor] = list_actors(filters=[("pid", "=", pid), ("state", "=", "ALIVE")])
     [node] = [n for n in nodes if n.node_id == actor.node_id]
     return node
+
+
+def _coordinator_node() -> str:
+    """The node the coordinator runs on (sigray places it beside the driver, on the head)."""
+    from ray.util.state import list_actors
+
+    [actor] = list_actors(filters=[("class_name", "=", "Coordinator"), ("state", "=", "ALIVE")])
+    return actor.node_id
 
 
 if __name__ == "__main__":

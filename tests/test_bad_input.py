@@ -7,6 +7,7 @@ import os
 import pytest
 
 from sigray.cli import main
+from tests.conftest import prepare_without_engine
 
 GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i in range(20000))
 
@@ -20,14 +21,13 @@ GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i i
         ("text_value.csv", "timestamp,value\n1,2\n2,abc\n", "'value' row 3 is not a number"),
         ("nan_value.csv", "timestamp,value\n1,2\n2,\n", "'value' row 3 is NaN"),
         ("inf_value.csv", "timestamp,value\n1,2\n2,inf\n", "'value' row 3 is NaN, empty or infinite"),
-        ("duplicate_ts.csv", "timestamp,value\n1,2\n1,3\n", "duplicate timestamp at row 3"),
-        ("unsorted_ts.csv", "timestamp,value\n5,2\n3,3\n", "timestamps are not sorted (row 3"),
         ("bad_date.csv", "timestamp,value\n2020-01-01,2\nsoon,3\n", "row 3 ('soon') is neither"),
         ("short.csv", "timestamp,value\n" + "".join(f"{i * 300},{i}\n" for i in range(100)), "too short for one"),
         ("one_row.csv", "timestamp,value\n1400000000,5\n", "too short for one window"),
         ("semicolons.csv", "timestamp;value\n1;2\n2;3\n", "missing ['timestamp', 'value'], found ['timestamp;value']"),
-        ("huge.csv", GOOD.replace(",3\n", ",3e300\n", 1), "is beyond +-1e+15"),
-        ("negative_huge.csv", GOOD.replace(",5\n", ",-2e16\n", 1), "is beyond +-1e+15"),
+        ("huge.csv", GOOD.replace(",3\n", ",3e300\n", 1), "past int64's 9.22e+18"),
+        ("negative_huge.csv", GOOD.replace(",5\n", ",-2e17\n", 1), "past int64's 9.22e+18"),
+        ("nan_timestamp.csv", "timestamp,value\n1,2\n,3\n", "'timestamp' has empty cells (row 3)"),
         ("binary.csv", bytes(range(256)) * 20, "not a readable CSV file"),
     ],
 )
@@ -65,21 +65,23 @@ def test_unknown_pipelines_and_engines_are_named(tmp_path, capsys):
     signal = tmp_path / "ok.csv"
     signal.write_text(GOOD)
     assert main(["run", str(signal), "--store", str(tmp_path / "s"), "--pipeline", "nope"]) == 2
-    assert "unknown pipeline 'nope'; sigllm ships:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown pipeline 'nope'." in err and "sigllm ships: gpt_detector, gpt_prompter, mistral_detector," in err
+    assert main(["run", str(signal), "--store", str(tmp_path / "s"), "--pipeline", "mistral_detecor"]) == 2
+    assert "Did you mean 'mistral_detector'?" in capsys.readouterr().err
+    assert main(["run", str(signal), "--store", str(tmp_path / "s"), "--pipeline", "mistral_prompter_0shoot"]) == 2
+    assert "Did you mean 'mistral_prompter_0shot'?" in capsys.readouterr().err
     assert main(["run", str(signal), "--store", str(tmp_path / "s"), "--engine", "nope"]) == 2
     assert "unknown engine 'nope'" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "s")
 
 
-def test_a_model_that_cannot_be_found_is_refused_before_ray_starts(tmp_path, capsys):
-    import ray
-
+def test_a_model_that_cannot_be_found_is_refused_before_ray_starts(tmp_path, capsys, ray_must_not_start):
     signal = tmp_path / "ok.csv"
     signal.write_text(GOOD)
     code = main(["run", str(signal), "--store", str(tmp_path / "s"), "--model", str(tmp_path / "no-model")])
     assert code == 2
     assert "no-model" in capsys.readouterr().err
-    assert not ray.is_initialized()
     assert not os.path.exists(tmp_path / "s")
 
 
@@ -135,21 +137,33 @@ def _hashes(root) -> dict:
     return found
 
 
-def test_bad_input_against_an_existing_store_changes_nothing_in_it(tmp_path, capsys):
-    from sigray.config import RunConfig
-    from sigray.plan import make_plan
-    from sigray.store import RunStore
-
+@pytest.mark.parametrize("new", [False, True], ids=["resume", "--new"])
+def test_bad_input_against_an_existing_store_changes_nothing_in_it(tmp_path, capsys, new):
+    """Every refusal comes before anything is written; with --new, before anything is deleted."""
     good, bad, store = tmp_path / "ok.csv", tmp_path / "bad.csv", str(tmp_path / "store")
     good.write_text(GOOD)
-    bad.write_text("timestamp,value\n1,2\n1,3\n")
-    plan = make_plan(RunConfig(store=store, model="", engine="test-double"), [str(good)])
-    RunStore.create_or_open(store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, plan.config.to_json())
+    bad.write_text("timestamp,value\n1,2\n2,\n")
+    prepare_without_engine(store, [str(good)])
     before = _hashes(store)
-    assert _run_cli(tmp_path, str(bad), "--store", store) == 2
-    assert "duplicate timestamp" in capsys.readouterr().err
-    assert _run_cli(tmp_path, str(good), "--store", store, "--seed", "3") == 2
-    assert "holds another run" in capsys.readouterr().err
+    flag = ["--new"] if new else []
+    cases = [
+        ([str(bad)], "'value' row 3 is NaN"),
+        ([str(tmp_path / "sgi.csv")], "sgi.csv: no such file"),  # a typo in the signal's path
+        ([str(good), "--pipeline", "mistral_detecor"], "unknown pipeline 'mistral_detecor'"),
+        ([str(good), "--max-attempts", "0"], "invalid run configuration"),
+        ([str(good), "--param", "no.such.block#1.x=1"], "pipeline has no block"),
+    ]
+    if not new:
+        cases.append(([str(good), "--seed", "3"], "holds another run"))
+    for args, message in cases:
+        assert _run_cli(tmp_path, *args, "--store", store, *flag) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (args, err)
+        assert _hashes(store) == before, args
+    model = ["run", str(good), "--store", store, "--model", str(tmp_path / "no-model"), *flag]
+    assert main(model) == 2 and "no-model" in capsys.readouterr().err
+    engine = ["run", str(good), "--store", store, "--engine", "no_such_module:Engine", *flag]
+    assert main(engine) == 2 and "cannot import engine" in capsys.readouterr().err
     assert _hashes(store) == before
 
 
@@ -167,6 +181,6 @@ def test_a_store_on_a_read_only_file_system_is_a_clear_error(tmp_path, capsys):
         signal.write_text(GOOD)
         assert _run_cli(tmp_path, str(signal), "--store", str(mount / "store")) == 2
         err = capsys.readouterr().err
-        assert "cannot create store" in err and "Read-only file system" in err and "Traceback" not in err
+        assert "cannot write to store" in err and "Read-only file system" in err and "Traceback" not in err
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)

@@ -23,7 +23,6 @@ import pytest
 import yaml
 
 import sigray
-from sigray.report import store_results
 from sigray.store import DONE, RunStore
 from tests.conftest import ROOT, nab_signal
 from tests.processes import reap_orphans
@@ -319,8 +318,16 @@ def _slurm_job(env: dict, job_id: str) -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.extended
 def test_slurm_job_stopped_at_its_time_limit_requeues_itself_until_sigray_is_done(private_slurm, ray_session, tmp_path):
-    """sbatch with a 1-minute limit and the TERM 40 s before it: every run flushes and exits 75, the script
-    requeues the job, and the last run finishes; no window is ever generated twice."""
+    """sbatch with a 2-minute limit and the TERM 60 s before it: every run flushes and exits 75, the script
+    requeues the job, and the last run finishes; no window is ever generated twice.
+
+    slurmctld checks time limits every 30 s, so the TERM comes 30 to 60 s into each run: a shorter limit can
+    leave a run no time past Ray's start, and the job requeues without progress until the test's deadline.
+    The engine's 5 s batches (28 batches of 4 on two workers: 70 s) make the run longer than any one run
+    gets, on a fast machine too (with 3 s batches of 8 a run finished in 56 s, before its TERM), while each
+    run still finishes some batches before its TERM, and the two batches a worker holds finish within the
+    coordinator's 20 s grace after it (with 10 s batches they did not, and were generated again).
+    """
     from sigray.engines.test_double import _digest
     from tests.test_job_submit import free_port_block
 
@@ -332,16 +339,16 @@ def test_slurm_job_stopped_at_its_time_limit_requeues_itself_until_sigray_is_don
     token.chmod(0o600)
     env = {k: v for k, v in private_slurm.items() if not k.startswith(("RAY_", "SIGRAY_"))}
     env.update(SIGRAY_VENV=sys.prefix, RAY_AUTH_TOKEN_PATH=str(token), SIGRAY_RAY_PORT_BASE=str(free_port_block(120)))
-    command = ["sbatch", "--parsable", "--time=1", "--signal=B:TERM@40", f"--chdir={tmp_path}"]
+    command = ["sbatch", "--parsable", "--time=2", "--signal=B:TERM@60", f"--chdir={tmp_path}"]
     command += [f"--output={tmp_path}/slurm-%j.out", SLURM_SCRIPT, f"{name}.csv", "--store", store]
-    command += ["--engine", "test-double", "--engine-option", "delay_s=3", "--engine-option", f"log_path={log}"]
-    command += ["--batch-size", "8", "--flush-interval", "1"]
+    command += ["--engine", "test-double", "--engine-option", "delay_s=5", "--engine-option", f"log_path={log}"]
+    command += ["--batch-size", "4", "--flush-interval", "1"]
     started = time.monotonic()
     submitted = subprocess.run(command, env=env, capture_output=True, text=True)
     assert submitted.returncode == 0, submitted.stderr
     job_id = submitted.stdout.strip().split(";")[0]
     try:
-        deadline = time.monotonic() + 480
+        deadline = time.monotonic() + 600
         while (job := _slurm_job(env, job_id))["JobState"] not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
             assert time.monotonic() < deadline, f"job {job_id} still {job['JobState']}"
             time.sleep(2)  # polling interval of an observer, not a race fix
@@ -365,5 +372,7 @@ def test_slurm_job_stopped_at_its_time_limit_requeues_itself_until_sigray_is_don
 
     reference = sigray.run([nab_signal(name)], str(tmp_path / "ref"), engine="test-double")
     pd.testing.assert_frame_equal(
-        store_results(store)[name], reference.anomalies[name].reset_index(drop=True), check_dtype=False
+        sigray.open(store).results().anomalies[name],
+        reference.anomalies[name].reset_index(drop=True),
+        check_dtype=False,
     )

@@ -13,7 +13,6 @@ import pandas as pd
 import pytest
 
 import sigray
-from sigray.report import store_results
 from sigray.store import DONE, RunStore
 from tests.processes import free_port, kill_session, reap_orphans, start_cli, wait_for_done, wait_until_no_writer
 
@@ -67,7 +66,7 @@ def test_the_whole_cluster_killed_mid_run_then_restarted_resumes(ray_session, tm
         output, _ = second.communicate(timeout=300)
         output = output.decode()
         assert second.returncode == 0, output[-3000:]
-        assert f"{done_at_kill} resumed from the store" in output
+        assert f"{done_at_kill} reused" in output
     finally:
         reap_orphans(ray_tmp)
 
@@ -76,4 +75,6 @@ def test_the_whole_cluster_killed_mid_run_then_restarted_resumes(ray_session, tm
     reference = str(tmp_path / "reference")
     sigray.run([signal], reference, engine="test-double", batch_size=BATCH)
     assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
-    pd.testing.assert_frame_equal(store_results(store)[NAME], store_results(reference)[NAME])
+    pd.testing.assert_frame_equal(
+        sigray.open(store).results().anomalies[NAME], sigray.open(reference).results().anomalies[NAME]
+    )

@@ -8,21 +8,32 @@ import numpy as np
 import pytest
 
 from sigray.coordinator import Coordinator, CoordinatorSettings
+from sigray.keys import window_key
 from sigray.lease import new_owner_id
 from sigray.messages import BatchReport
-from sigray.store import DONE, FAILED, PENDING, RunStore, SignalRange, StoreLayout
+from sigray.store import DONE, FAILED, PENDING, NewSignal, RunStore, WindowRequest
 
 N = 10
 
 
-def make_store(path: str) -> str:
-    layout = StoreLayout((SignalRange("a", 0, 6), SignalRange("b", 6, 4)), n_samples=1, horizon=1, chunk_windows=4)
-    prompts = [f"{w},{w + 1},{w + 2}" for w in range(N)]
-    RunStore.create_or_open(path, {"x": 1}, "fp", layout, prompts, config={})
+def _signal(name: str, windows: range) -> NewSignal:
+    prompts = [f"{w},{w + 1},{w + 2}" for w in windows]
+    requests = [WindowRequest(window_key("fp", p, 3, 8), p, 3, 8) for p in prompts]
+    points = np.arange(len(prompts), dtype=np.int64)
+    return NewSignal(name, f"digest-{name}", points, points.reshape(-1, 1).astype(float), requests)
+
+
+def make_store(path: str, extra: bool = False) -> str:
+    store = RunStore.create(path, {"x": 1}, "fp", config={}, n_samples=1, horizon=1, chunk_windows=4)
+    store.add_signals(
+        [_signal("a", range(6)), _signal("b", range(6, N))] + ([_signal("c", range(50, 53))] if extra else [])
+    )
     return path
 
 
-def coordinator(path: str, owner: str | None = None, batch_size: int = 4, max_attempts: int = 2) -> Coordinator:
+def coordinator(
+    path: str, owner: str | None = None, batch_size: int = 4, max_attempts: int = 2, groups=(0, 1)
+) -> Coordinator:
     settings = CoordinatorSettings(
         store_path=path,
         owner=owner or new_owner_id(),
@@ -30,9 +41,9 @@ def coordinator(path: str, owner: str | None = None, batch_size: int = 4, max_at
         batch_size=batch_size,
         max_attempts=max_attempts,
         seed=7,
-        n_samples=1,
         flush_interval_s=3600,
         lease_timeout_s=3600,
+        signal_groups=tuple(groups),
     )
     return Coordinator(settings)
 
@@ -66,11 +77,12 @@ def test_valid_answers_are_done_once_and_survive_a_reopen(tmp_path):
     assert status[batch.windows].tolist() == [DONE] * 4
     assert attempts[batch.windows].tolist() == [1] * 4
     assert RunStore.open(path).read_answers()[batch.windows, 0].tolist() == [f",{w}" for w in batch.windows]
+    assert (RunStore.open(path).read_reasons() == "").all()
     rebuilt = coordinator(path, owner)
     assert rebuilt.done == 4 and len(rebuilt.queue) == N - 4
 
 
-def test_invalid_answers_are_retried_with_a_new_seed_then_failed(tmp_path):
+def test_invalid_answers_are_retried_with_a_new_seed_then_failed_with_their_reason(tmp_path):
     path = make_store(str(tmp_path / "s"))
 
     async def scenario():
@@ -79,6 +91,7 @@ def test_invalid_answers_are_retried_with_a_new_seed_then_failed(tmp_path):
         await c.report(report(first, valid=False))
         second = await c.lease_batch("w")
         await c.report(report(second, valid=False))
+        await c.flush()
         return c, first, second
 
     c, first, second = run(scenario())
@@ -86,6 +99,30 @@ def test_invalid_answers_are_retried_with_a_new_seed_then_failed(tmp_path):
     assert set(first.seeds).isdisjoint(second.seeds)
     assert c.failed == N and c.retries == N
     assert (c.status == FAILED).all() and c._finished.is_set()
+    assert list(RunStore.open(path).read_reasons()) == ["no valid answer in 2 attempts; last: bad"] * N
+
+
+def test_a_window_the_engine_refused_for_good_fails_at_once_with_its_reason_and_the_rest_go_on(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=N, max_attempts=5)
+        batch = await c.lease_batch("w")
+        k = len(batch.windows)
+        answers = [None] + [[f",{w}"] for w in batch.windows.tolist()[1:]]
+        values = batch.windows.astype(np.float32).reshape(k, 1, 1)
+        reasons = ["refused by the engine: too long"] + [""] * (k - 1)
+        final = [True] + [False] * (k - 1)
+        await c.report(BatchReport(batch.lease_id, "w", batch.windows, answers, values, reasons, final))
+        await c.flush()
+        return c, batch
+
+    c, batch = run(scenario())
+    refused = int(batch.windows[0])
+    assert c.failed == 1 and c.retries == 0 and c.done == N - 1 and c._finished.is_set()
+    status, attempts = RunStore.open(path).read_state()
+    assert status[refused] == FAILED and attempts[refused] == 1
+    assert RunStore.open(path).read_reasons()[refused] == "refused by the engine: too long"
 
 
 def test_a_lost_worker_windows_are_requeued_without_charge_and_with_the_same_seed(tmp_path):
@@ -125,12 +162,26 @@ def test_a_stale_invalid_report_charges_nothing_but_a_stale_valid_one_is_kept(tm
     assert int(np.count_nonzero(c.status == PENDING)) == N - 4
 
 
-def test_seeds_depend_only_on_window_and_attempt(tmp_path):
+def test_seeds_depend_only_on_the_windows_content_and_attempt(tmp_path):
     c1 = coordinator(make_store(str(tmp_path / "a")))
-    c2 = coordinator(make_store(str(tmp_path / "b")))
+    c2 = coordinator(make_store(str(tmp_path / "b"), extra=True), groups=(0, 1, 2))
     seeds = {(w, a): c1.seed_for(w, a) for w in range(N) for a in range(3)}
     assert len(set(seeds.values())) == len(seeds)
-    assert all(c2.seed_for(w, a) == s for (w, a), s in seeds.items())
+    assert all(c2.seed_for(w, a) == s for (w, a), s in seeds.items())  # other signals beside them change nothing
+
+
+def test_only_the_runs_signals_are_served(tmp_path):
+    path = make_store(str(tmp_path / "s"), extra=True)
+
+    async def scenario():
+        c = coordinator(path, batch_size=100, groups=(2,))
+        batch = await c.lease_batch("w")
+        await c.report(report(batch))
+        return c, batch
+
+    c, batch = run(scenario())
+    assert sorted(batch.windows.tolist()) == [10, 11, 12]  # signal c's rows, and nothing of a or b
+    assert c._finished.is_set() and (c.status[:N] == PENDING).all()
 
 
 def test_the_run_finishes_when_every_window_is_settled(tmp_path):

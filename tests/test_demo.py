@@ -26,11 +26,11 @@ if not _has_packaged_model():
 
 from tests.processes import reap_orphans  # noqa: E402
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.extended]  # ~2.5 min: a real model end to end
 
 
-def sigray_cli(args: list[str], ray_tmp: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+def sigray_cli(args: list[str], ray_tmp: str, cache: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp, "SIGRAY_CACHE": cache}
     env.pop("RAY_ADDRESS", None)
     try:
         return subprocess.run(
@@ -40,21 +40,22 @@ def sigray_cli(args: list[str], ray_tmp: str) -> subprocess.CompletedProcess:
         reap_orphans(ray_tmp)
 
 
-def test_demo_runs_a_real_llm_writes_a_picture_and_resumes(tmp_path, short_tmp):
+def test_demo_runs_a_real_llm_writes_a_picture_and_resumes(tmp_path, short_tmp, smollm2_cache):
+    cache, _ = smollm2_cache  # converted once per session (tests/test_models.py checks the conversion)
     store, picture = str(tmp_path / "demo"), str(tmp_path / "demo.png")
     args = ["demo", "--store", store, "--out", picture, "--max-rows", "11000", "--num-cpus", "2"]
     ray_tmp = os.path.join(short_tmp, "demo")
 
-    first = sigray_cli(args, ray_tmp)
+    first = sigray_cli(args, ray_tmp, cache)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "13 windows: 13 computed now, 0 resumed from the store" in first.stdout
+    assert "13 windows: 0 reused, 13 generated" in first.stdout
     assert f"picture: {picture}" in first.stdout
     with open(picture, "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
-    status = sigray_cli(["status", store, "--json"], ray_tmp)
+    status = sigray_cli(["status", store, "--json"], ray_tmp, cache)
     assert '"model": "smollm2"' in status.stdout and '"done": 13' in status.stdout
 
-    again = sigray_cli(args, ray_tmp)
+    again = sigray_cli(args, ray_tmp, cache)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "13 windows: 0 computed now, 13 resumed from the store" in again.stdout
+    assert "13 windows: 13 reused, 0 generated" in again.stdout

@@ -10,11 +10,12 @@ import pytest
 
 import sigray
 from sigray.cli import main as cli
+from sigray.config import RunConfig
 from sigray.engines.test_double import TestDoubleEngine
 from sigray.errors import ConfigError, InputError
 from sigray.evaluate import evaluate, load_labels
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline
-from sigray.signals import load_signal
+from sigray.plan import make_plan
 from tests.conftest import NAB
 
 
@@ -64,11 +65,11 @@ def test_sigray_evaluate_scores_a_finished_run(ray_session, cpu_signal, tmp_path
     assert "cpu_utilization_asg_misconfiguration" in table and "ALL" in table and "weighted" in table
 
 
-def _errors_context(pipeline: SigllmPipeline, signal_csv: str) -> dict:
+def _errors_context(fix_units: bool, signal_csv: str) -> dict:
     """The MLBlocks context right after sigllm's regression_errors, on test-double answers."""
-    plan = pipeline.plan(load_signal(signal_csv))
-    sampling = pipeline.sampling(pipeline.answer_format([plan]), constrained=False)
-    answers = TestDoubleEngine().generate(plan.prompts, sampling, seeds=list(range(plan.n_windows)))
+    run = make_plan(RunConfig(store="unused", engine="test-double", fix_error_units=fix_units), [signal_csv])
+    pipeline, plan = run.pipeline, run.plans[0]
+    answers = [c.texts for c in TestDoubleEngine().generate(plan.prompts, run.samplings(plan), run.seeds(plan))]
     built = pipeline._build()
     built.blocks[pipeline.llm_block].instance.answers = answers
     with warnings.catch_warnings():
@@ -79,8 +80,8 @@ def _errors_context(pipeline: SigllmPipeline, signal_csv: str) -> dict:
 
 
 def test_the_error_units_fix_compares_targets_and_forecasts_in_the_same_units(cpu_signal):
-    faithful = _errors_context(SigllmPipeline("mistral_detector"), cpu_signal)
-    fixed = _errors_context(SigllmPipeline("mistral_detector", fix_units=True), cpu_signal)
+    faithful = _errors_context(False, cpu_signal)
+    fixed = _errors_context(True, cpu_signal)
     # sigllm 0.2.0: targets in Float2Scalar's integer units (x100 here), forecasts in original units.
     assert np.median(faithful["y"]) / np.median(faithful["y_hat"]) > 50
     ratio = np.median(fixed["y"]) / np.median(fixed["y_hat"])

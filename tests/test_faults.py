@@ -96,6 +96,7 @@ def test_a_killed_coordinator_is_restarted_rebuilds_from_the_store_and_the_run_c
     assert NAME in result.anomalies
 
 
+@pytest.mark.extended  # a SIGKILLed worker process: test_run.py, default suite
 def test_a_worker_actor_killed_mid_batch_is_replaced_and_its_windows_requeued_uncharged(
     ray_session, signal, reference, tmp_path
 ):
@@ -109,10 +110,49 @@ def test_a_worker_actor_killed_mid_batch_is_replaced_and_its_windows_requeued_un
     _assert_complete_and_identical(run.store, reference)
 
 
+def test_workers_still_loading_their_engine_when_the_coordinator_restarts_are_waited_for(
+    ray_session, signal, reference, tmp_path
+):
+    """A restarted coordinator has not heard from any worker yet; those loading a model (minutes for a
+    large one) are not hung, however short the lease timeout."""
+    import ray
+
+    options = {"load_s": 12.0, "delay_s": 0.01}
+    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, lease_timeout_s=5.0, engine_options=options)
+    deadline = time.monotonic() + 60
+    while not [n for n in ray.util.list_named_actors() if n.startswith("sigray-worker-")]:
+        assert time.monotonic() < deadline, "no worker started"
+        time.sleep(0.1)  # polling interval of an observer, not a race fix
+    ray.kill(_actor("sigray-coordinator-"), no_restart=False)
+    result = run.result()
+    assert result.workers_replaced == 0
+    _assert_complete_and_identical(run.store, reference)
+
+
+@pytest.mark.extended  # the chaos test (extended) finds this too, by chance
+def test_a_hung_worker_the_restarted_coordinator_never_heard_from_is_replaced(ray_session, signal, reference, tmp_path):
+    """The only worker hangs holding a lease, then the coordinator restarts and forgets that lease: the
+    worker is replaced a lease timeout after the restart, or the run would wait forever."""
+    import ray
+
+    marker = tmp_path / "hung"
+    options = {"delay_s": 0.02, "hang_once_path": str(marker)}
+    settings = {**FAST, "workers": 1, "lease_timeout_s": 10.0}
+    run = BackgroundRun(signal, str(tmp_path / "run"), **settings, engine_options=options)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline and run.thread.is_alive(), "no engine hung"
+        time.sleep(0.05)  # polling interval of an observer, not a race fix
+    ray.kill(_actor("sigray-coordinator-"), no_restart=False)  # well within the 10 s lease timeout
+    result = run.result()
+    assert result.workers_replaced == 1
+    _assert_complete_and_identical(run.store, reference)
+
+
 def test_a_hung_engine_is_caught_by_its_lease_timeout_and_replaced(ray_session, signal, reference, tmp_path):
     marker = str(tmp_path / "hung")
     options = {"delay_s": 0.02, "hang_once_path": marker}
-    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, lease_timeout_s=3.0, engine_options=options)
+    run = BackgroundRun(signal, str(tmp_path / "run"), **FAST, lease_timeout_s=10.0, engine_options=options)
     result = run.result()
     assert (tmp_path / "hung").exists(), "no engine hung"
     assert result.workers_replaced >= 1 and result.requeued >= 1
@@ -128,3 +168,19 @@ def test_an_engine_that_cannot_load_stops_the_run_with_its_error_instead_of_loop
     from sigray.lease import read_lease
 
     assert read_lease(store) is None, "the failed run gave its lease back"
+
+
+def test_an_engine_that_hangs_while_loading_is_replaced_after_the_load_timeout(
+    ray_session, signal, reference, tmp_path, caplog
+):
+    """A load that hangs (a stuck NCCL init, a frozen process) is timed from the worker's start, not from
+    when it asked for a GPU, and the worker is replaced; the run completes unchanged. One worker: with two,
+    the other could finish the run before the load timeout and nothing would need replacing."""
+    options = {"load_s": 3600.0, "load_once_path": str(tmp_path / "hung-load")}
+    settings = {**FAST, "workers": 1, "load_timeout_s": 2.0}
+    run = BackgroundRun(signal, str(tmp_path / "run"), **settings, engine_options=options)
+    result = run.result()
+    assert (tmp_path / "hung-load").exists(), "no load hung"
+    assert result.workers_replaced == 1
+    assert "stopped answering (its engine did not load in 2 s)" in caplog.text
+    _assert_complete_and_identical(run.store, reference)

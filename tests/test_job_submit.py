@@ -27,7 +27,6 @@ import pytest
 
 import sigray
 from sigray.engines.test_double import _digest
-from sigray.report import store_results
 from sigray.store import DONE, RunStore
 from tests.conftest import ROOT, nab_signal
 from tests.processes import reap_orphans, wait_until_no_writer
@@ -273,7 +272,7 @@ def test_ray_job_stop_mid_run_then_resubmit_resumes_and_generates_no_window_twic
     submit("sigray-second")
     assert _wait_for_job(ray_head, "sigray-second") == "SUCCEEDED", _job_logs(ray_head, "sigray-second")[-4000:]
     second_logs = _job_logs(ray_head, "sigray-second")
-    assert f"{len(done_at_stop)} resumed from the store" in second_logs, second_logs[-3000:]
+    assert f"{len(done_at_stop)} reused" in second_logs, second_logs[-3000:]
 
     # Every window done, exactly once.
     status, attempts = RunStore.open(store, read_only=True).read_state()
@@ -288,7 +287,7 @@ def test_ray_job_stop_mid_run_then_resubmit_resumes_and_generates_no_window_twic
 
     # The same anomalies as a run that was never interrupted (delay, batch and flush do not change results).
     reference = sigray.run([nab_signal(SIGNAL)], str(tmp_path / "ref"), engine="test-double")
-    resumed = store_results(store)[SIGNAL]
+    resumed = sigray.open(store).results().anomalies[SIGNAL]
     pd.testing.assert_frame_equal(resumed, reference.anomalies[SIGNAL].reset_index(drop=True), check_dtype=False)
     assert (RunStore.open(store).read_answers() == RunStore.open(str(tmp_path / "ref")).read_answers()).all()
     print(f"`ray job stop` took {stop_s:.1f} s; the test {time.monotonic() - started:.0f} s after the head was up")
@@ -313,5 +312,5 @@ def test_example_driver_connects_to_the_cluster_and_runs_one_store_per_batch(ray
         status, _ = RunStore.open(str(store), read_only=True).read_state()
         assert (status == DONE).all()
         assert f"{store}: 1 signals, {len(status)} windows ({len(status)} computed" in output
-        for row in store_results(str(store))[name].itertuples():
+        for row in sigray.open(str(store)).results().anomalies[name].itertuples():
             assert re.search(rf"{name}\s+{row.start}\s+{row.end}", output), output[-3000:]

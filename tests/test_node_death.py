@@ -41,7 +41,11 @@ def test_a_node_removed_mid_run_loses_nothing(ray_session, tmp_path, short_tmp):
     with open(out) as f:
         outcome = json.load(f)
     assert 200 <= outcome["done_at_removal"] < 1175, outcome
-    assert outcome["workers_replaced"] >= 1 and outcome["requeued"] >= 1, (outcome, done.stderr[-4000:])
+    assert outcome["workers_replaced"] >= 1, (outcome, done.stderr[-4000:])
+    # cluster_utils' nodes share one address, so the driver (and the coordinator beside it) may sit on the
+    # removed node: then the coordinator restarts elsewhere and rebuilds from the store, requeuing as it does.
+    if not outcome["coordinator_on_removed_node"]:
+        assert outcome["requeued"] >= 1, (outcome, done.stderr[-4000:])
     status, attempts = RunStore.open(store).read_state()
     assert (status == DONE).all() and (attempts == 1).all()
 

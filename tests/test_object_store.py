@@ -12,9 +12,8 @@ import pytest
 
 import sigray
 from sigray.engines.test_double import _digest
-from sigray.report import store_results, store_status
 from sigray.store import DONE, RunStore
-from tests.processes import free_port, sigkill_mid_run_then_rerun
+from tests.processes import sigkill_mid_run_then_rerun
 from tests.test_faults import BackgroundRun
 
 pytest.importorskip("s3fs")
@@ -24,34 +23,6 @@ NAME = "cpu_utilization_asg_misconfiguration"
 FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 4, "chunk_windows": 32}
 
 
-@pytest.fixture(scope="module")
-def s3_bucket():
-    """A moto S3 server on a free loopback port and a bucket; the AWS_* environment points at it."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "AWS_ACCESS_KEY_ID": "sigray-test",
-        "AWS_SECRET_ACCESS_KEY": "sigray-test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import fsspec
-
-    fsspec.filesystem("s3", skip_instance_cache=True).mkdir("sigray-runs")
-    yield "s3://sigray-runs"
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-    server.stop()
-
-
 def _objects(url: str) -> list[str]:
     import fsspec
 
@@ -59,14 +30,17 @@ def _objects(url: str) -> list[str]:
     return fs.find(root)
 
 
+@pytest.mark.extended  # the storage contract runs on S3 in the default suite
 def test_a_run_on_s3_equals_a_run_on_local_disk(ray_session, cpu_signal, tmp_path, s3_bucket):
     remote, local = f"{s3_bucket}/equal", str(tmp_path / "local")
     on_s3 = sigray.run([cpu_signal], remote, **FAST)
     on_disk = sigray.run([cpu_signal], local, **FAST)
     assert (RunStore.open(remote).read_answers() == RunStore.open(local).read_answers()).all()
     pd.testing.assert_frame_equal(on_s3.anomalies[NAME], on_disk.anomalies[NAME])
-    pd.testing.assert_frame_equal(store_results(remote)[NAME], store_results(local)[NAME])
-    status = store_status(remote)
+    pd.testing.assert_frame_equal(
+        sigray.open(remote).results().anomalies[NAME], sigray.open(local).results().anomalies[NAME]
+    )
+    status = sigray.open(remote).status()
     assert status["done"] == 111 and not status["running"]
     assert any(key.endswith("status/c/0") for key in _objects(remote))
     assert not any(key.endswith(("lease.json", "lease.mutex")) for key in _objects(remote))  # released
@@ -106,7 +80,7 @@ def test_a_sigkilled_driver_resumes_from_the_object_store_redoing_only_unflushed
     command += ["--num-cpus", "2"]
     done_at_kill, output, code = sigkill_mid_run_then_rerun(command, store, 30, os.path.join(short_tmp, "s3k"))
     assert code == 0, output[-3000:]
-    assert f"{len(done_at_kill)} resumed from the store" in output
+    assert f"{len(done_at_kill)} reused" in output
     prompts = RunStore.open(store).read_prompts()
     window_of = {_digest(p): w for w, p in enumerate(prompts)}
     with open(log) as f:

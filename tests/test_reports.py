@@ -15,10 +15,11 @@ import pytest
 import sigray
 from sigray.cli import main as cli
 from sigray.store import PROGRESS_FILE, RunStore
-from tests.conftest import NAB, nab_signal
+from tests.conftest import NAB, generation_dir, nab_signal
 
 FAST = {"engine": "test-double", "flush_interval_s": 0.3, "batch_size": 8, "chunk_windows": 32}
 CPU = "cpu_utilization_asg_misconfiguration"
+FIND = "orion.primitives.timeseries_anomalies.find_anomalies#1"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -42,9 +43,17 @@ def finished(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stopped(ray_session, tmp_path_factory):
-    """A run a deadline stopped part-way (slow test-double answers, frequent flushes)."""
+    """A run stopped part-way by a real SIGTERM once 40 windows are done (slow test-double answers,
+    frequent flushes): several flushes are behind it, most windows ahead."""
+    import signal
+
     store = str(tmp_path_factory.mktemp("stopped") / "run")
-    result = sigray.run([nab_signal(CPU)], store, deadline_s=3, engine_options={"delay_s": 0.3}, **FAST)
+
+    def stop_at_40(progress) -> None:
+        if progress.done >= 40:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled as a graceful stop while the run is open
+
+    result = sigray.run([nab_signal(CPU)], store, on_progress=stop_at_40, engine_options={"delay_s": 0.3}, **FAST)
     assert result.stopped and 0 < result.computed_windows < result.total_windows
     return store
 
@@ -70,22 +79,6 @@ def test_plot_of_an_unknown_signal_lists_the_known_ones(finished, tmp_path, caps
     assert not (tmp_path / "x.png").exists()
 
 
-def test_plot_of_a_store_written_before_signals_were_saved_says_how_to_save_them(finished, tmp_path, capsys):
-    store = str(tmp_path / "old")
-    shutil.copytree(finished.store, store)
-    for index in (0, 1):
-        for name in ("signal_timestamps", "signal_values"):
-            shutil.rmtree(os.path.join(store, "results", str(index), name))
-    out = str(tmp_path / "old.png")
-    assert cli(["plot", store, "--signal", CPU, "-o", out]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "older sigray that did not save the signal" in err and "Traceback" not in err
-    # The advice holds: the same command again recomputes nothing and saves the signals.
-    again = sigray.run(finished.signals, store, engine="test-double", flush_interval_s=0.3)
-    assert again.computed_windows == 0
-    assert cli(["plot", store, "--signal", CPU, "-o", out]) == 0 and _is_picture(out)
-
-
 def test_results_export_parquet_equal_to_csv_and_write_files(finished, tmp_path, capsys):
     store = finished.store
     assert cli(["results", store]) == 0
@@ -94,7 +87,9 @@ def test_results_export_parquet_equal_to_csv_and_write_files(finished, tmp_path,
     assert cli(["results", store, "-o", str(tmp_path / "a.parquet")]) == 0  # format from the suffix
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a.parquet"), csv, check_dtype=False)
     assert cli(["results", store, "--format", "json", "-o", str(tmp_path / "a.txt")]) == 0
-    pd.testing.assert_frame_equal(pd.DataFrame(json.loads((tmp_path / "a.txt").read_text())), csv)
+    exported = json.loads((tmp_path / "a.txt").read_text())
+    assert exported["complete"] is True and exported["missing_signals"] == []
+    pd.testing.assert_frame_equal(pd.DataFrame(exported["anomalies"]), csv)
     assert cli(["results", store, "-o", str(tmp_path / "a.csv")]) == 0
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), csv)
     assert capsys.readouterr().out == ""
@@ -103,17 +98,17 @@ def test_results_export_parquet_equal_to_csv_and_write_files(finished, tmp_path,
 def test_store_opens_with_xarray_with_named_dimensions(finished):
     xr = pytest.importorskip("xarray")
     store = RunStore.open(finished.store, read_only=True)
-    windows = xr.open_zarr(finished.store, consolidated=False)
-    assert dict(windows.sizes) == {
-        "window": store.layout.n_windows,
-        "sample": store.layout.n_samples,
-        "step": store.layout.horizon,
-    }
-    assert (windows["status"].values == store.group["status"][:]).all()
-    assert list(windows["answers"].values[:, 0]) == list(store.group["answers"][:, 0])
-    result = xr.open_zarr(finished.store, group="results/0", consolidated=False)
-    assert result.attrs["signal"] == CPU
-    assert (result["signal_values"].values == pd.read_csv(nab_signal(CPU))["value"].values).all()
+    windows = xr.open_zarr(finished.store, group=f"{store.generation}/windows", consolidated=False)
+    assert dict(windows.sizes) == {"window": store.n_windows, "sample": 1, "step": 1, "key_part": 2}
+    assert (windows["status"].values == store.read_state()[0]).all()
+    assert list(windows["answers"].values[:, 0]) == list(store.read_answers()[:, 0])
+    entry = store.signal(CPU)
+    signal = xr.open_zarr(finished.store, group=f"{store.generation}/signals/{entry.group}", consolidated=False)
+    assert (signal["values"].values[:, 0] == pd.read_csv(nab_signal(CPU))["value"].values).all()
+    chosen = sigray.open(finished.store).result_set()
+    result = xr.open_zarr(
+        finished.store, group=f"{store.generation}/results/{chosen.id}/{entry.group}", consolidated=False
+    )
     assert result["start"].dims == ("anomaly",) and result["forecast"].sizes["forecast"] > 0
 
 
@@ -129,7 +124,8 @@ def test_status_of_a_stopped_run_shows_its_last_update_and_an_eta(stopped, capsy
     assert 0 < status["pending"] < status["windows"]
     assert 0 <= status["last_update_age_s"] < 120
     assert status["windows_per_s"] > 0
-    assert status["eta_s"] == pytest.approx(status["pending"] / status["windows_per_s"], rel=0.05)
+    expected = status["pending"] / status["windows_per_s"]
+    assert status["eta_s"] == pytest.approx(expected, rel=0.05, abs=0.05)  # eta_s is rounded to 0.1 s
     assert cli(["status", stopped]) == 0
     text = capsys.readouterr().out
     assert "last update: " in text and " ago)" in text
@@ -139,19 +135,156 @@ def test_status_of_a_stopped_run_shows_its_last_update_and_an_eta(stopped, capsy
 def test_status_without_progress_samples_says_unknown(stopped, tmp_path, capsys):
     store = str(tmp_path / "copy")
     shutil.copytree(stopped, store)
-    (tmp_path / "copy" / PROGRESS_FILE).write_text("{not json")
+    with open(os.path.join(generation_dir(store), PROGRESS_FILE), "w") as f:
+        f.write("{not json")
     assert cli(["status", store]) == 0
     text = capsys.readouterr().out
     assert "last update: unknown" in text and "ETA: unknown" in text
 
 
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_results_of_an_unfinished_run_never_look_complete(stopped, tmp_path, capsys, fmt):
+    """Not the exit code, nor stderr, nor the file of a finished run with no anomalies."""
+    out = str(tmp_path / f"anomalies.{fmt}")
+    assert cli(["results", stopped, "-o", out]) == 3
+    err = capsys.readouterr().err
+    assert f"incomplete: 1 of 1 signal(s) have no results yet in this result set: {CPU}." in err
+    assert f"windows still pending ({CPU}): run the command that made them again" in err
+    if fmt == "json":
+        data = json.loads(open(out).read())
+        assert data["complete"] is False and data["missing_signals"] == [CPU] and data["anomalies"] == []
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        summary = json.loads(pq.read_schema(out).metadata[b"sigray"])
+        assert summary["complete"] is False and summary["missing_signals"] == [CPU]
+    assert not sigray.open(stopped).results().complete
+
+
+def test_detect_on_an_unfinished_run_never_says_no_anomalies_found(stopped, capsys):
+    assert cli(["detect", stopped]) == 3
+    captured = capsys.readouterr()
+    assert "no anomalies found" not in captured.out
+    assert f"incomplete: 1 signal(s) have windows still pending and no results: {CPU}." in captured.err
+
+
+def test_evaluate_and_plot_of_an_unfinished_run_say_which_signals_are_missing(stopped, tmp_path, capsys):
+    assert cli(["evaluate", stopped, "--labels", f"{NAB}/anomalies.csv", "--json"]) == 3  # nothing to score yet
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {"complete": False, "missing_signals": [CPU], "scores": []}
+    assert "incomplete: 1 of 1 signal(s)" in captured.err
+    out = str(tmp_path / "cpu.png")
+    assert cli(["plot", stopped, "-o", out]) == 3  # the signal is drawn, without detections
+    err = capsys.readouterr().err
+    assert "has not finished this signal" in err and "Traceback" not in err and _is_picture(out)
+
+
+def test_a_stopped_run_says_so_in_json_too(ray_session, tmp_path, capsys):
+    args = ["run", nab_signal(CPU), "--store", str(tmp_path / "run"), "--engine", "test-double", "--json"]
+    args += ["--deadline", "2", "--engine-option", "delay_s=0.3", "--batch-size", "8"]  # 14 batches: 4 s at least
+    assert cli(args) == 75
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["stopped"] is True and printed["complete"] is False and "resumable:" in printed["message"]
+
+
+def test_a_finished_run_with_failed_windows_says_what_was_left_out(ray_session, tmp_path, capsys):
+    store = str(tmp_path / "run")
+    sigray.run([nab_signal(CPU)], store, max_attempts=1, engine_options={"garbage_rate": 0.2}, **FAST)
+    failed = len(sigray.open(store).failures())
+    assert failed > 0
+    assert cli(["results", store, "--format", "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["complete"] is True and data["failed_windows"] == {CPU: failed}
+    assert cli(["results", store]) == 0
+    assert f"{CPU}: {failed} window(s) failed and were left out of its results." in capsys.readouterr().err
+    assert cli(["status", store, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert sum(status["failure_reasons"].values()) == failed == status["signals"][0]["failed"]
+    assert all("no valid answer in 1 attempts" in reason for reason in sigray.open(store).failures()["reason"])
+
+
 def test_plot_of_an_unfinished_run_says_so_and_works_once_it_finished(stopped, tmp_path, capsys):
     store = str(tmp_path / "copy")
     shutil.copytree(stopped, store)
-    out = str(tmp_path / "cpu.png")
-    assert cli(["plot", store, "-o", out]) == 2
-    err = capsys.readouterr().err
-    assert "has not finished" in err and "Run the same command again" in err and err.count("\n") == 1
     sigray.run([nab_signal(CPU)], store, **FAST)
-    assert RunStore.open(store).read_result(0) is not None
+    out = str(tmp_path / "cpu.png")
     assert cli(["plot", store, "-o", out]) == 0 and _is_picture(out)  # one signal: --signal may be left out
+    assert cli(["results", store]) == 0
+
+
+@pytest.mark.parametrize("command", [["status"], ["results"], ["results", "--format", "json"], ["results", "--sets"]])
+def test_output_cut_short_by_its_reader_is_no_error(finished, command):
+    """`sigray status | head -1`: the reader went away; no traceback, the exit code of a broken pipe."""
+    import subprocess
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sigray.cli", command[0], finished.store, *command[1:]],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader leaves before reading a byte
+    err = process.stderr.read().decode()
+    assert process.wait() in (0, 141), err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_picture_that_cannot_be_drawn_never_fails_a_finished_run(ray_session, tmp_path, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the pictures' folder should be")
+    args = ["run", nab_signal(CPU), "--store", str(tmp_path / "run"), "--engine", "test-double"]
+    assert cli([*args, "--plot-dir", str(blocker)]) == 0
+    captured = capsys.readouterr()
+    assert "windows:" in captured.out and captured.out.index("windows:") < len(captured.out)
+    assert f"sigray: warning: no picture of '{CPU}'" in captured.err and "Traceback" not in captured.err
+
+
+def test_settings_that_would_fail_post_processing_are_refused_before_anything_runs(finished, tmp_path, capsys):
+    """A value sigllm or Orion cannot take fails at once, with no result set left behind."""
+    store = str(tmp_path / "copy")
+    shutil.copytree(finished.store, store)
+    sets = [s.id for s in sigray.open(store).result_sets()]
+    cases = [
+        (f"{FIND}.window_size_portion=abc", "expected a number in [0.01, 1.0]"),
+        (f"{FIND}.window_size_portion=-1", "expected a number in [0.01, 1.0]"),  # Orion would loop forever
+        (
+            f"{FIND}.window_size_portio=0.5",
+            "has no parameter 'window_size_portio'. Did you mean 'window_size_portion'?",
+        ),
+        (f"{FIND}.fixed_threshold=yes", "expected true or false"),
+    ]
+    for param, message in cases:
+        for command in (["detect", store], ["run", *finished.signals, "--store", store, "--engine", "test-double"]):
+            assert cli([*command, "--param", param]) == 2, (command, param)
+            err = capsys.readouterr().err
+            assert message in err and "Traceback" not in err, err
+    assert [s.id for s in sigray.open(store).result_sets()] == sets
+    assert cli(["results", store, "-o", str(tmp_path / "out.xlsx")]) == 2
+    assert "cannot tell the format of" in capsys.readouterr().err and not (tmp_path / "out.xlsx").exists()
+
+
+def test_result_sets_are_listed_selected_and_compared(finished, tmp_path, capsys):
+    store = str(tmp_path / "copy")
+    shutil.copytree(finished.store, store)
+    first = sigray.open(store).result_set()
+    assert cli(["detect", store, "--param", f"{FIND}.window_size_portion=0.5", "--quiet"]) == 0
+    assert cli(["results", store, "--sets"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and "window_size_portion=0.5  <- shown when --set is not given" in listed[0]
+    assert first.id in listed[1]
+    assert cli(["results", store, "--set", first.id]) == 0
+    pd.testing.assert_frame_equal(
+        pd.read_csv(io.StringIO(capsys.readouterr().out)),
+        sigray.open(store).results(first.id).table(),
+        check_dtype=False,
+    )
+    assert cli(["evaluate", store, "--labels", f"{NAB}/anomalies.csv", "--set", first.id, "--set", "portion"]) == 2
+    err = capsys.readouterr().err  # a fragment of a name is neither an id's prefix nor a whole name
+    assert "--set 'portion' matches no result set; the store's result sets: " in err and first.id in err
+    newest = sigray.open(store).result_set().id
+    assert cli(["evaluate", store, "--labels", f"{NAB}/anomalies.csv", "--set", first.id, "--set", newest]) == 0
+    table = capsys.readouterr().out
+    assert "defaults" in table and "window_size_portion=0.5" in table
+    out = str(tmp_path / "two.png")
+    assert cli(["plot", store, "--signal", CPU, "-o", out, "--set", first.id, "--set", newest]) == 0 and _is_picture(
+        out
+    )

@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 
 import sigray
-from sigray.report import store_results, store_status
 from sigray.store import DONE, FAILED, RunStore
 
 FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 16, "chunk_windows": 32}
@@ -24,7 +23,7 @@ def test_a_run_finds_the_anomaly_and_saves_everything(ray_session, cpu_signal, t
     assert result.computed_windows == result.total_windows == 111
     status, attempts = RunStore.open(store).read_state()
     assert (status == DONE).all() and (attempts == 1).all()
-    saved = store_results(store)["cpu_utilization_asg_misconfiguration"]
+    saved = sigray.open(store).results().anomalies["cpu_utilization_asg_misconfiguration"]
     pd.testing.assert_frame_equal(saved, anomalies.reset_index(drop=True), check_dtype=False)
 
 
@@ -42,12 +41,12 @@ def test_malformed_answers_are_retried_then_failed_and_the_run_still_finishes(ra
     result = sigray.run([cpu_signal], store, max_attempts=2, engine_options={"garbage_rate": 0.4}, **FAST)
     status, attempts = RunStore.open(store).read_state()
     failed = np.flatnonzero(status == FAILED)
-    assert result.retries > 0 and len(failed) > 0
+    assert result.retries > 0 and len(failed) > 0 and result.failed_windows == len(failed)
     assert (attempts[failed] == 2).all()
     assert (attempts[status == DONE] >= 1).all() and (attempts <= 2).all()
     signal = result.signals["cpu_utilization_asg_misconfiguration"]
     assert sorted(signal.failed_windows) == failed.tolist()
-    assert store_status(store)["failed"] == len(failed)
+    assert sigray.open(store).status()["failed"] == len(failed)
 
 
 def test_the_same_settings_give_the_same_anomalies_with_any_number_of_workers(ray_session, cpu_signal, tmp_path):

@@ -17,8 +17,8 @@ import pytest
 import sigray
 from sigray.cli import main as cli
 from sigray.engines.test_double import _digest
-from sigray.report import store_results
 from sigray.store import DONE, RunStore
+from tests.conftest import generation_dir, prepare_without_engine
 
 NAME = "cpu_utilization_asg_misconfiguration"
 FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 8, "chunk_windows": 32}  # 111 windows: 4 chunks
@@ -46,17 +46,18 @@ def test_damaged_chunks_are_recomputed_and_nothing_else(ray_session, cpu_signal,
     answers_before = RunStore.open(store).read_answers()
 
     # A truncated answers chunk, a garbage status chunk, a missing values chunk, a stale temp file.
-    chunk_file = os.path.join(store, "answers", "c", "1", "0")
+    windows = os.path.join(generation_dir(store), "windows")
+    chunk_file = os.path.join(windows, "answers", "c", "1", "0")
     with open(chunk_file, "r+b") as f:
         f.truncate(os.path.getsize(chunk_file) // 2)
-    with open(os.path.join(store, "status", "c", "2"), "wb") as f:
+    with open(os.path.join(windows, "status", "c", "2"), "wb") as f:
         f.write(os.urandom(64))
-    os.unlink(os.path.join(store, "values", "c", "3", "0", "0"))
-    stale = os.path.join(store, "answers", "c", "0", "0.0123456789abcdef.partial")
+    os.unlink(os.path.join(windows, "values", "c", "3", "0", "0"))
+    stale = os.path.join(windows, "answers", "c", "0", "0.0123456789abcdef.partial")
     with open(stale, "wb") as f:
         f.write(b"half a chunk")
 
-    with pytest.raises(sigray.StoreError, match="cannot read 'answers'"):
+    with pytest.raises(sigray.StoreError, match="cannot read 'windows/answers'"):
         RunStore.open(store, read_only=True).read_answers()  # readers see the damage; they never guess
 
     second = sigray.run([cpu_signal], store, **FAST, engine_options={"log_path": log})
@@ -71,15 +72,41 @@ def test_damaged_chunks_are_recomputed_and_nothing_else(ray_session, cpu_signal,
     pd.testing.assert_frame_equal(second.anomalies[NAME], first.anomalies[NAME])
 
 
-def test_damaged_prompts_are_rewritten_from_the_plan(ray_session, cpu_signal, tmp_path):
+@pytest.mark.parametrize("array", ["prompt", "key", "max_tokens"])
+def test_damaged_requests_are_rewritten_from_the_plan(ray_session, cpu_signal, tmp_path, array):
     store = str(tmp_path / "run")
     sigray.run([cpu_signal], store, **FAST)
-    prompts = RunStore.open(store).read_prompts()
-    with open(os.path.join(store, "prompts", "c", "0"), "wb") as f:
+    before = RunStore.open(store).read_requests()
+    with open(
+        os.path.join(generation_dir(store), "windows", array, "c", "0", *(["0"] if array == "key" else [])), "wb"
+    ) as f:
         f.write(b"\x28\xb5\x2f\xfd garbage")
     result = sigray.run([cpu_signal], store, **FAST)
     assert result.computed_windows == 0
-    assert RunStore.open(store).read_prompts() == prompts
+    assert RunStore.open(store).read_requests() == before
+
+
+def test_requests_that_decode_but_do_not_match_their_keys_are_rewritten_from_the_plan(
+    ray_session, cpu_signal, tmp_path
+):
+    """A silently changed prompt or limit of a pending window (in a chunk that still decodes) is caught
+    by its key, a hash of the request: the window is asked as planned, never as changed."""
+    from sigray.store import PENDING
+
+    store, log = str(tmp_path / "run"), str(tmp_path / "generated.log")
+    sigray.run([cpu_signal], store, **FAST)
+    live = RunStore.open(store, read_only=False)
+    before, answers_before = live.read_requests(), live.read_answers()
+    live.group["windows/prompt"][40] = "1,2,3"
+    live.group["windows/max_tokens"][70] = 1
+    for row in (40, 70):  # never asked: the changed request would be sent
+        live.group["windows/status"][row], live.group["windows/attempts"][row] = PENDING, 0
+    result = sigray.run([cpu_signal], store, **FAST, engine_options={"log_path": log})
+    with open(log) as f:
+        assert sorted(line.split()[0] for line in f) == sorted(_digest(before[row].prompt) for row in (40, 70))
+    assert result.computed_windows == 2 and result.complete
+    after = RunStore.open(store)
+    assert after.read_requests() == before and (after.read_answers() == answers_before).all()
 
 
 def test_a_store_written_by_a_newer_sigray_is_refused_and_left_untouched(ray_session, cpu_signal, tmp_path, capsys):
@@ -88,16 +115,16 @@ def test_a_store_written_by_a_newer_sigray_is_refused_and_left_untouched(ray_ses
     meta_path = os.path.join(store, "zarr.json")
     with open(meta_path) as f:
         meta = json.load(f)
-    meta["attributes"]["sigray"]["format_version"] = 2
+    meta["attributes"]["sigray"]["format_version"] = 3
     with open(meta_path, "w") as f:
         json.dump(meta, f)
     before = _files(store)
     args = ["run", cpu_signal, "--store", store, "--engine", "test-double", "--chunk-windows", "32"]
-    assert cli(args) == 2
-    err = capsys.readouterr().err
-    assert "written by a newer sigray (store format 2); this sigray reads format 1" in err
-    assert "Traceback" not in err
-    assert cli(["status", store]) == 2
+    for command in (args, [*args, "--new"], ["status", store], ["results", store], ["detect", store]):
+        assert cli(command) == 2, command
+        err = capsys.readouterr().err
+        assert "written by a newer sigray (store format 3); this sigray reads formats 1 and 2" in err
+        assert "Traceback" not in err
     assert _files(store) == before
 
 
@@ -125,23 +152,39 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_after_freeing_space_resumes(
-    ray_session, cpu_signal, tmp_path, small_disk, capsys
-):
-    from sigray.config import RunConfig
-    from sigray.plan import make_plan
+def test_an_exclusive_create_that_cannot_write_its_content_leaves_nothing(small_disk):
+    """The lease's mutex is such a create: left behind empty by a full disk, it named no holder, and the
+    rerun after freeing space waited for it and was refused ("another process is taking its lease")."""
+    from sigray.storage import open_storage
 
+    storage = open_storage(small_disk)
+    with open(os.path.join(small_disk, "ballast"), "wb") as f:
+        with pytest.raises(OSError):
+            f.write(b"\0" * 4 * 1024 * 1024)  # more than the disk holds
+            f.flush()
+    with pytest.raises(OSError):
+        storage.create_exclusive("lease.mutex", b"x" * 64 * 1024)
+    assert not storage.exists("lease.mutex")
+    os.unlink(os.path.join(small_disk, "ballast"))
+    assert storage.create_exclusive("lease.mutex", b"x" * 64 * 1024) and storage.exists("lease.mutex")
+
+
+@pytest.mark.parametrize("flush_interval", ["0.5", "50"], ids=["mid-run", "at-the-final-flush"])
+def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_after_freeing_space_resumes(
+    ray_session, cpu_signal, tmp_path, small_disk, capsys, flush_interval
+):
+    """With a 50 s interval nothing is saved until every window is answered (in about 6 s): the final flush
+    fails, and the run must say so (it once reported every window generated, then exit 3)."""
     store = os.path.join(small_disk, "run")
     settings = {**FAST, "batch_size": 4, "chunk_windows": 16}
-    plan = make_plan(RunConfig(store=store, model="", **settings), [cpu_signal])  # as sigray.run resolves it
-    RunStore.create_or_open(store, plan.identity, plan.fingerprint, plan.layout, plan.prompts, plan.config.to_json())
+    prepare_without_engine(store, [cpu_signal], **settings)
     ballast = os.path.join(small_disk, "ballast")
     free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
     with open(ballast, "wb") as f:
         f.write(b"\0" * (free - 24 * 1024))  # room for a few chunks, not for the whole run
 
     args = ["run", cpu_signal, "--store", store, "--engine", "test-double", "--batch-size", "4"]
-    args += ["--chunk-windows", "16", "--flush-interval", "0.5", "--engine-option", "delay_s=0.02"]
+    args += ["--chunk-windows", "16", "--flush-interval", flush_interval, "--engine-option", "delay_s=0.02"]
     assert cli(args) == 1
     err = capsys.readouterr().err
     assert "the run stopped: cannot save to store" in err and "No space left on device" in err
@@ -152,8 +195,10 @@ def test_a_full_disk_stops_the_run_cleanly_and_a_rerun_after_freeing_space_resum
 
     os.unlink(ballast)
     assert cli(args) == 0
-    assert f"{len(done_before)} resumed from the store" in capsys.readouterr().out
+    assert f"{len(done_before)} reused" in capsys.readouterr().out
     reference = str(tmp_path / "reference")
     sigray.run([cpu_signal], reference, **settings)
     assert (RunStore.open(store).read_answers() == RunStore.open(reference).read_answers()).all()
-    pd.testing.assert_frame_equal(store_results(store)[NAME], store_results(reference)[NAME])
+    pd.testing.assert_frame_equal(
+        sigray.open(store).results().anomalies[NAME], sigray.open(reference).results().anomalies[NAME]
+    )

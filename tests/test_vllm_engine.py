@@ -15,15 +15,14 @@ import pytest
 pytest.importorskip("vllm")
 
 from sigray.engines import vllm_plugin  # noqa: E402
-from sigray.engines.base import Engine, Sampling  # noqa: E402
+from sigray.engines.base import Sampling  # noqa: E402
 from sigray.engines.vllm_engine import VllmEngine  # noqa: E402
 from sigray.testing.tiny_model import build_tiny_model  # noqa: E402
+from tests.engine_contract import FREE, SERIES_PROMPTS, EngineContract, each, spaced_seeds, texts_of  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
 SERIES_REGEX = r",[0-9]{1,4}(,[0-9]{1,4}){4}"
-SERIES_PROMPTS = ["12,15,18,21,24", "100,98,97,95,94,92", "5,5,5,5,5,5,5,5", "7,1,7,1,7,1", "3000,3100,3050,3200"]
-FREE = Sampling(n=1, temperature=1.0, max_tokens=12)
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +31,6 @@ def engine(tiny_model):
     yield engine
     engine.close()
     engine.close()  # closing twice is allowed
-
-
-def spaced_seeds(count: int, n: int = 1, base: int = 1000) -> list[int]:
-    return [base + i * n for i in range(count)]
 
 
 def test_tiny_model_build_is_byte_identical_and_idempotent(tiny_model, tmp_path):
@@ -70,61 +65,46 @@ def test_amx_plugin_is_a_silent_no_op_off_cpu(monkeypatch):
     vllm_plugin.init_amx()  # the failure is swallowed, not raised
 
 
-def test_engine_meets_the_engine_protocol(engine):
-    assert isinstance(engine, Engine)
+class TestVllmEngine(EngineContract):
+    """The engine contract, on vLLM."""
 
 
 def test_regex_constrained_answers_match_the_regex_in_full(engine):
     sampling = Sampling(n=3, temperature=1.0, max_tokens=32, regex=SERIES_REGEX)
-    texts = engine.generate(SERIES_PROMPTS, sampling, spaced_seeds(len(SERIES_PROMPTS), n=3))
+    texts = texts_of(
+        engine.generate(SERIES_PROMPTS, each(sampling, SERIES_PROMPTS), spaced_seeds(len(SERIES_PROMPTS), n=3))
+    )
     assert [len(answers) for answers in texts] == [3] * len(SERIES_PROMPTS)
     for answers in texts:
         for text in answers:
             assert re.fullmatch(SERIES_REGEX, text), text
 
 
-def test_same_seed_gives_same_texts_across_calls(engine):
-    seeds = spaced_seeds(len(SERIES_PROMPTS))
-    assert engine.generate(SERIES_PROMPTS, FREE, seeds) == engine.generate(SERIES_PROMPTS, FREE, seeds)
+def test_each_prompt_keeps_its_own_constraint_in_one_batch(engine):
+    narrow = Sampling(n=1, max_tokens=32, regex=r",[0-9](,[0-9]){4}")
+    wide = Sampling(n=1, max_tokens=32, regex=SERIES_REGEX)
+    texts = texts_of(engine.generate(SERIES_PROMPTS[:2], [narrow, wide], [1, 2]))
+    assert re.fullmatch(narrow.regex, texts[0][0]) and re.fullmatch(wide.regex, texts[1][0])
 
 
-def test_same_seed_gives_same_texts_in_another_batch_composition(engine):
-    sampling = Sampling(n=2, temperature=1.0, max_tokens=16, regex=SERIES_REGEX)
-    seeds = spaced_seeds(len(SERIES_PROMPTS), n=2)
-    whole = engine.generate(SERIES_PROMPTS, sampling, seeds)
-    # Reversed, interleaved with unrelated prompts, and alone: same texts for each (prompt, seed).
-    others = ["1,2,3", "hello world", "900,800,700,600"]
-    mixed_prompts = [p for pair in zip(SERIES_PROMPTS[::-1], others * 2) for p in pair]
-    mixed_seeds = [s for pair in zip(seeds[::-1], [7, 8, 9] * 2) for s in pair]
-    mixed = engine.generate(mixed_prompts, sampling, mixed_seeds)
-    assert mixed[0::2] == whole[::-1]
-    assert engine.generate(SERIES_PROMPTS[2:3], sampling, seeds[2:3]) == whole[2:3]
-
-
-def test_different_seeds_give_different_texts(engine):
-    prompts = [SERIES_PROMPTS[0]] * 4
-    texts = engine.generate(prompts, FREE, [1, 2, 3, 4])
-    assert len({answers[0] for answers in texts}) == 4
-
-
-def test_n_samples_returns_n_texts_per_prompt(engine):
-    texts = engine.generate(SERIES_PROMPTS[:2], Sampling(n=4, temperature=1.0, max_tokens=8), spaced_seeds(2, n=4))
-    assert [len(answers) for answers in texts] == [4, 4]
+def test_n_samples_differ_from_each_other(engine):
+    sampling = Sampling(n=4, temperature=1.0, max_tokens=8)
+    texts = texts_of(engine.generate(SERIES_PROMPTS[:2], [sampling, sampling], spaced_seeds(2, n=4)))
     assert all(len(set(answers)) > 1 for answers in texts)  # samples k use seed + k, not one seed
 
 
 def test_temperature_zero_is_greedy_and_repeats_the_answer_n_times(engine):
     greedy = Sampling(n=3, temperature=0.0, max_tokens=8)
-    first = engine.generate(SERIES_PROMPTS[:2], greedy, [1, 2])
-    assert first == engine.generate(SERIES_PROMPTS[:2], greedy, [99, 100])  # seeds do not matter
-    assert all(len(answers) == 3 and len(set(answers)) == 1 for answers in first)
+    first = engine.generate(SERIES_PROMPTS[:2], [greedy, greedy], [1, 2])
+    assert first == engine.generate(SERIES_PROMPTS[:2], [greedy, greedy], [99, 100])  # seeds do not matter
+    assert all(len(answers) == 3 and len(set(answers)) == 1 for answers in texts_of(first))
 
 
 def test_very_short_prompt_does_not_crash_the_engine(engine):
     short = ["a", "1", ","]
-    texts = engine.generate(short, Sampling(n=2, max_tokens=8), spaced_seeds(3, n=2))
+    texts = texts_of(engine.generate(short, each(Sampling(n=2, max_tokens=8), short), spaced_seeds(3, n=2)))
     assert [len(answers) for answers in texts] == [2, 2, 2]
-    assert len(engine.generate(SERIES_PROMPTS[:1], FREE, [5])) == 1  # the engine is still alive
+    assert len(engine.generate(SERIES_PROMPTS[:1], [FREE], [5])) == 1  # the engine is still alive
 
 
 def test_batch_larger_than_one_step_token_budget_keeps_the_engine_alive(engine):
@@ -132,14 +112,72 @@ def test_batch_larger_than_one_step_token_budget_keeps_the_engine_alive(engine):
     # steps and the CPU worker would die rewinding its generator.
     long_prompt = ",".join(str(100 + k % 900) for k in range(150))
     prompts = [f"{k},{long_prompt}" for k in range(48)]
-    texts = engine.generate(prompts, Sampling(n=1, max_tokens=4), spaced_seeds(48))
+    texts = texts_of(engine.generate(prompts, each(Sampling(n=1, max_tokens=4), prompts), spaced_seeds(48)))
     assert len(texts) == 48 and all(len(answers) == 1 for answers in texts)
 
 
-def test_empty_batch_returns_empty_list(engine):
-    assert engine.generate([], FREE, []) == []
+def test_finish_reasons_tell_an_answer_that_ended_from_one_cut_by_its_limit(engine):
+    ended = Sampling(n=2, max_tokens=16, regex=r",[0-9]")
+    cut = Sampling(n=2, max_tokens=3, regex=r",[0-9]{12}")  # cannot end within 3 tokens
+    completions = engine.generate(SERIES_PROMPTS[:2], [ended, cut], spaced_seeds(2, n=2))
+    assert completions[0].finish_reasons == ["stop", "stop"]
+    assert completions[1].finish_reasons == ["length", "length"]
 
 
-def test_mismatched_seeds_are_rejected(engine):
-    with pytest.raises(ValueError, match="one seed per prompt"):
-        engine.generate(SERIES_PROMPTS[:2], FREE, [1])
+def test_a_prompt_without_room_for_its_answer_is_refused_unsent_and_the_batch_goes_on(engine):
+    context = engine._llm.llm_engine.model_config.max_model_len
+    too_long = ",".join(str(100 + k % 900) for k in range(context))  # more tokens than the context
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=8)
+    no_room = Sampling(n=1, temperature=0.0, max_tokens=context - 4)  # a short prompt, a budget the size of the context
+    prompts = [SERIES_PROMPTS[0], too_long, SERIES_PROMPTS[1], SERIES_PROMPTS[2]]
+    completions = engine.generate(prompts, [greedy, greedy, greedy, no_room], [1, 2, 3, 4])
+    for refused in (completions[1], completions[3]):
+        assert refused.permanent and refused.texts == [] and f"{context}-token context" in refused.refused
+    alone = engine.generate([SERIES_PROMPTS[0], SERIES_PROMPTS[1]], [greedy, greedy], [1, 3])
+    assert [completions[0], completions[2]] == alone  # answered as if the refused ones were never there
+
+
+def test_a_request_vllm_itself_rejects_is_refused_alone_and_the_batch_goes_on(engine, monkeypatch):
+    """Without sigray's own check, vLLM raises for the whole batch; the engine finds the culprit."""
+    monkeypatch.setattr(engine, "_too_long", lambda prompt, sampling: None)
+    context = engine._llm.llm_engine.model_config.max_model_len
+    too_long = ",".join(str(100 + k % 900) for k in range(context))
+    greedy = Sampling(n=1, temperature=0.0, max_tokens=8)
+    completions = engine.generate([SERIES_PROMPTS[0], too_long, SERIES_PROMPTS[1]], [greedy] * 3, [1, 2, 3])
+    assert completions[1].permanent and completions[1].refused.startswith("vLLM rejected the request")
+    assert [completions[0], completions[2]] == engine.generate(
+        [SERIES_PROMPTS[0], SERIES_PROMPTS[1]], [greedy] * 2, [1, 3]
+    )
+
+
+class _LlmStandIn:
+    """A test double of ``vllm.LLM`` for the token count alone: a tokenizer and a context length."""
+
+    def __init__(self, tokenizer, max_model_len: int):
+        from types import SimpleNamespace
+
+        self.tokenizer = tokenizer
+        self.llm_engine = SimpleNamespace(model_config=SimpleNamespace(max_model_len=max_model_len))
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+
+def test_a_chat_prompt_is_counted_through_the_models_chat_template(tiny_model):
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+    engine = VllmEngine.__new__(VllmEngine)
+    engine._llm = _LlmStandIn(tokenizer, max_model_len=600)
+    messages = [{"role": "system", "content": "find anomalies"}, {"role": "user", "content": "1,2," * 120}]
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    n = len(tokenizer.encode(rendered, add_special_tokens=False))
+    chat = Sampling(n=1, max_tokens=600 - n, chat=True)
+    assert engine._too_long(json.dumps(messages), chat) is None  # exactly fits
+    refused = engine._too_long(json.dumps(messages), Sampling(n=1, max_tokens=601 - n, chat=True))
+    assert refused.permanent and f"a prompt of {n} tokens" in refused.refused
+    tokenizer.chat_template = None  # no template: not counted here; vLLM decides
+    assert engine._too_long(json.dumps(messages), Sampling(n=1, max_tokens=601 - n, chat=True)) is None

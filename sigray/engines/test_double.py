@@ -16,7 +16,12 @@ generated twice. Lines are written with O_APPEND, whole, from any number of proc
 ``sigkill_once_path``: the first engine to reach its second batch creates that file
 and SIGKILLs its own process (a real worker death, once per run). ``hang_once_path``:
 the same, but it stops answering instead (a hung engine). ``fail_to_load``: construction
-raises, as an engine whose model cannot load.
+raises, as an engine whose model cannot load; ``load_s``: construction takes that long, as
+loading a model does (with ``load_once_path``, only the first engine to create that file:
+a load that hangs once). ``context_chars``: a context window, in
+characters (the test double's tokens): a prompt that fills it is refused for good (as vLLM
+refuses one longer than ``max_model_len``), and answers are cut to the room it leaves.
+Answers are always cut at ``max_tokens`` characters, with the finish reason "length".
 """
 
 from __future__ import annotations
@@ -30,13 +35,17 @@ import time
 
 import numpy as np
 
-from sigray.engines.base import Sampling
+from sigray.engines.base import LENGTH, Completion, Engine, Sampling
+from sigray.errors import ConfigError
 
 
-class TestDoubleEngine:
+class TestDoubleEngine(Engine):
     """Deterministic fake LLM (a test double), configured through engine options."""
 
     __test__ = False  # not a pytest test class
+    speed_options = frozenset(
+        {"delay_s", "load_s", "load_once_path", "log_path", "sigkill_once_path", "hang_once_path"}
+    )
 
     def __init__(
         self,
@@ -50,9 +59,14 @@ class TestDoubleEngine:
         sigkill_once_path: str | None = None,
         hang_once_path: str | None = None,
         fail_to_load: bool = False,
+        load_s: float = 0.0,
+        load_once_path: str | None = None,
+        context_chars: int | None = None,
     ):
         if fail_to_load:
             raise RuntimeError("test double: the engine failed to load (as a model that does not fit would)")
+        if load_once_path is None or _first_to_create(load_once_path):
+            time.sleep(load_s)  # stands for loading a model
         self.steps = steps
         self.sep = sep
         self.noise = noise
@@ -61,9 +75,26 @@ class TestDoubleEngine:
         self.log_path = log_path
         self.sigkill_once_path = sigkill_once_path
         self.hang_once_path = hang_once_path
+        self.context_chars = context_chars
         self.batches = 0
 
-    def generate(self, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[list[str]]:
+    @classmethod
+    def check_fits(cls, model: str, options: dict, requests) -> None:
+        """ConfigError when every prompt fills ``context_chars`` (each would be refused)."""
+        context = options.get("context_chars")
+        if context is None:
+            return
+        shortest = None
+        for prompt, _ in requests:
+            if len(prompt) < context:
+                return
+            shortest = min(shortest or len(prompt), len(prompt))
+        raise ConfigError(
+            f"no window fits the test double's context of {context} characters: the shortest prompt has "
+            f"{shortest}; raise --engine-option context_chars or shorten the window (window_size)"
+        )
+
+    def _generate(self, prompts: list[str], samplings: list[Sampling], seeds: list[int]) -> list[Completion]:
         self.batches += 1
         if self.batches == 2 and _first_to_create(self.sigkill_once_path):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -72,9 +103,7 @@ class TestDoubleEngine:
                 time.sleep(60)  # a hung engine: only killing the process ends this
         if self.delay_s:
             time.sleep(self.delay_s)  # stands for GPU time
-        texts = [
-            [self._answer(p, seed + k, sampling.chat) for k in range(sampling.n)] for p, seed in zip(prompts, seeds)
-        ]
+        completions = [self._complete(p, sampling, seed) for p, sampling, seed in zip(prompts, samplings, seeds)]
         if self.log_path and prompts:
             lines = "".join(f"{_digest(p)} {seed}\n" for p, seed in zip(prompts, seeds))
             fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -82,7 +111,20 @@ class TestDoubleEngine:
                 os.write(fd, lines.encode())
             finally:
                 os.close(fd)
-        return texts
+        return completions
+
+    def _complete(self, prompt: str, sampling: Sampling, seed: int) -> Completion:
+        room = sampling.max_tokens
+        if self.context_chars is not None:
+            room = min(room, self.context_chars - len(prompt))
+            if room <= 0:
+                return Completion.refusal(
+                    f"a prompt of {len(prompt)} characters leaves no room in the context of "
+                    f"{self.context_chars} (test double)",
+                    permanent=True,
+                )
+        texts = [self._answer(prompt, seed + k, sampling.chat) for k in range(sampling.n)]
+        return Completion.of([t[:room] for t in texts], [LENGTH if len(t) > room else "stop" for t in texts])
 
     def _answer(self, prompt: str, seed: int, chat: bool) -> str:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, int(_digest(prompt)[:8], 16)])

@@ -6,11 +6,14 @@ each answer with sigllm's own code and reject the ones post-processing could not
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from sigray.engines.base import Sampling
 
 
 @dataclass(frozen=True)
@@ -26,22 +29,56 @@ class Verdict:
 
 
 class AnswerFormat(Protocol):
-    """What workers need of a pipeline's answers: how to read, check and constrain them."""
+    """What workers need of a pipeline's answers: how to read, check and constrain them.
+
+    The constraint of a window is a function of that window alone (``limits``), never of
+    the other windows or signals of a run, so a window asks the same thing in any store.
+    """
 
     horizon: int  # numbers kept per sample in the store's ``values``
 
     @property
-    def regex(self) -> str: ...
-
-    @property
-    def max_tokens(self) -> int: ...
-
-    @property
     def identity(self) -> dict: ...
+
+    def limits(self, window: str) -> tuple[int, int]: ...
+
+    def regex_for(self, max_digits: int) -> str: ...
 
     def response(self, text: str) -> str: ...
 
-    def check(self, text: str) -> Verdict: ...
+    def check(self, text: str, cut: bool = False) -> Verdict: ...
+
+
+_CUT = "cut by the token limit inside a value sigllm keeps (raise max_tokens or the context length)"
+
+
+def _as_cut(verdict: Verdict, ended: bool) -> Verdict:
+    """The verdict on an answer stopped by its length limit: valid only when what sigllm
+    keeps of it provably ended; invalid ones name the cut, their likely cause."""
+    if verdict.ok and ended:
+        return verdict
+    return Verdict(None, _CUT if verdict.ok else f"{_CUT} ({verdict.reason})")
+
+
+def _same_values(a: Verdict, b: Verdict) -> bool:
+    return a.ok and b.ok and np.array_equal(a.values, b.values)
+
+
+def _head(text: str, sep: str) -> str:
+    """``text`` up to its last separator: what a cut answer holds for certain."""
+    return text[: text.rfind(sep)] if sep in text else ""
+
+
+def sampling_for(sampling: Sampling, answers: AnswerFormat, max_digits: int, max_tokens: int, constrained: bool):
+    """One window's sampling: the run's, with the window's token budget and, when
+    ``constrained``, its regex (what workers send the engine)."""
+    regex = answers.regex_for(max_digits) if constrained else None
+    return dataclasses.replace(sampling, max_tokens=max_tokens, regex=regex)
+
+
+def widest_value(window: str, sep: str) -> int:
+    """Characters of the widest value in a window string (digits; sigllm writes integers)."""
+    return max((len(v) for v in "".join(window.split()).split(sep)), default=0)
 
 
 @dataclass(frozen=True)
@@ -60,7 +97,6 @@ class ForecastAnswers:
     trunc: int | None
     errors: str
     steps: int
-    max_digits: int
     continuation: bool = True
     spaced: bool = False
 
@@ -69,33 +105,57 @@ class ForecastAnswers:
         """Values kept per answer after sigllm's truncation."""
         return self.trunc or self.steps
 
-    @property
-    def regex(self) -> str:
+    def limits(self, window: str) -> tuple[int, int]:
+        """(widest value allowed, token budget) for one window: one digit wider than the
+        window's widest value, and a token per character of ``steps`` such values."""
+        max_digits = widest_value(window, self.sep) + 1
+        per_value = 2 * max_digits + len(self.sep) + 2 if self.spaced else max_digits + len(self.sep)
+        return max_digits, self.steps * per_value + 2
+
+    def regex_for(self, max_digits: int) -> str:
         """Exactly ``steps`` values, separated (and, for a continuation, introduced) by ``sep``."""
         sep = _regex_escape(self.sep)
         if self.spaced:
-            sep, value = f" ?{sep} ?", f"[0-9]( ?[0-9]){{0,{self.max_digits - 1}}}"
+            sep, value = f" ?{sep} ?", f"[0-9]( ?[0-9]){{0,{max_digits - 1}}}"
         else:
-            value = f"[0-9]{{1,{self.max_digits}}}"
+            value = f"[0-9]{{1,{max_digits}}}"
         first = f"{sep}{value}" if self.continuation else value
         return f"{first}({sep}{value}){{{self.steps - 1}}}"
 
     @property
-    def max_tokens(self) -> int:
-        """Enough tokens for the regex even with one token per character."""
-        per_value = 2 * self.max_digits + len(self.sep) + 2 if self.spaced else self.max_digits + len(self.sep)
-        return self.steps * per_value + 2
-
-    @property
     def identity(self) -> dict:
-        """What the answers depend on beyond the pipeline spec (the data's widest value), for the run identity."""
-        return {"sep": self.sep, "steps": self.steps, "max_digits": self.max_digits}
+        """The rules answers are asked and checked by, for the generation identity."""
+        return {
+            "kind": "forecast",
+            "sep": self.sep,
+            "steps": self.steps,
+            "trunc": self.trunc,
+            "errors": self.errors,
+            "continuation": self.continuation,
+            "spaced": self.spaced,
+            "limits": "per window: widest value + 1 digit",
+        }
+
+    def format1_identity(self, max_digits: int) -> dict:
+        """What format-1 stores recorded instead (a run-wide widest value)."""
+        return {"sep": self.sep, "steps": self.steps, "max_digits": max_digits}
 
     def response(self, text: str) -> str:
         """sigllm's forecaster returns the continuation as generated."""
         return text
 
-    def check(self, text: str) -> Verdict:
+    def check(self, text: str, cut: bool = False) -> Verdict:
+        """sigllm's reading of one answer. ``cut``: the engine stopped it at its length
+        limit, so its last value may be incomplete; valid only when every value sigllm
+        keeps is followed by a separator (the same values with the tail dropped)."""
+        verdict = self._read(text)
+        return (
+            _as_cut(verdict, verdict.ok and _same_values(verdict, self._read(_head(text, self.sep))))
+            if cut
+            else verdict
+        )
+
+    def _read(self, text: str) -> Verdict:
         from sigllm.primitives.transformation import format_as_integer
 
         if not text or not text.strip():
@@ -133,17 +193,20 @@ class AnomalyAnswers:
     parsed: bool
     interval: bool
     window_size: int
-    max_digits: int
-    max_new_tokens: int
+    anomalous_percent: float = 0.5
     after_marker: bool = False
     trunc: int | None = None
     errors: str = "ignore"
 
     horizon = 1
 
-    @property
-    def regex(self) -> str:
-        number = f"[0-9]{{1,{self.max_digits}}}"
+    def limits(self, window: str) -> tuple[int, int]:
+        """(widest value allowed, token budget) for one window; the budget follows sigllm's
+        (the window's length x ``anomalous_percent``; characters bound tokens), at least 16."""
+        return widest_value(window, self.sep) + 1, max(16, int(len(window) * self.anomalous_percent))
+
+    def regex_for(self, max_digits: int) -> str:
+        number = f"[0-9]{{1,{max_digits}}}"
         if not self.parsed:
             sep = _regex_escape(self.sep)
             return f"({number}({sep}{number})*)?"
@@ -153,13 +216,24 @@ class AnomalyAnswers:
         return rf"{_NO_ANOMALIES}|\[{number}(, ?{number})*\]"
 
     @property
-    def max_tokens(self) -> int:
-        return self.max_new_tokens
-
-    @property
     def identity(self) -> dict:
-        """What the answers depend on beyond the pipeline spec (the data's widest value), for the run identity."""
-        return {"sep": self.sep, "max_digits": self.max_digits}
+        """The rules answers are asked and checked by, for the generation identity."""
+        return {
+            "kind": "anomalies",
+            "sep": self.sep,
+            "parsed": self.parsed,
+            "interval": self.interval,
+            "window_size": self.window_size,
+            "anomalous_percent": self.anomalous_percent,
+            "after_marker": self.after_marker,
+            "trunc": self.trunc,
+            "errors": self.errors,
+            "limits": "per window: widest value + 1 digit; len(window) x anomalous_percent tokens",
+        }
+
+    def format1_identity(self, max_digits: int) -> dict:
+        """What format-1 stores recorded instead (a run-wide widest value)."""
+        return {"sep": self.sep, "max_digits": max_digits}
 
     def response(self, text: str) -> str:
         """What sigllm's prompter returns for a generated continuation of the prompt.
@@ -170,7 +244,22 @@ class AnomalyAnswers:
         """
         return text.split("[RESPONSE]")[0].strip() if self.after_marker else text
 
-    def check(self, text: str) -> Verdict:
+    def check(self, text: str, cut: bool = False) -> Verdict:
+        """sigllm's reading of one answer. ``cut``: stopped at the length limit, so valid
+        only when what sigllm keeps provably ended: a closed ``[...]`` (which sigllm's
+        pattern requires anyway), a closed list of intervals, or bare values followed by
+        a separator."""
+        verdict = self._read(text)
+        return _as_cut(verdict, verdict.ok and self._ended(text, verdict)) if cut else verdict
+
+    def _ended(self, text: str, verdict: Verdict) -> bool:
+        if not self.parsed:
+            return _same_values(verdict, self._read(_head(text, self.sep)))
+        if self.interval:
+            return _NO_ANOMALIES in text.lower() or re.search(r"\]\s*\]", text) is not None
+        return True
+
+    def _read(self, text: str) -> Verdict:
         from sigllm.primitives.prompting.anomalies import PATTERN, _clean_response, parse_anomaly_response
         from sigllm.primitives.transformation import format_as_integer
 

@@ -9,18 +9,26 @@ points with ``importlib.metadata`` instead, which loads them without the pin che
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
 
 _patched = False
 
 
 def _load_entry_points(entry_point_name: str, entry_point_group: str = "mlblocks") -> list[str]:
+    return list(_registered_paths(entry_point_name, entry_point_group))
+
+
+@functools.cache
+def _registered_paths(entry_point_name: str, entry_point_group: str) -> tuple[str, ...]:
+    """The paths the installed packages register; read once per process (each scan of every
+    installed package's entry points costs tens of milliseconds, and MLBlocks asks per primitive)."""
     paths: list[str] = []
     for entry_point in entry_points(group=entry_point_group):
         if entry_point.name == entry_point_name:
             loaded = entry_point.load()
             paths.extend([loaded] if isinstance(loaded, str) else list(loaded))
-    return paths
+    return tuple(paths)
 
 
 def use_sigllm_registry() -> None:

@@ -15,14 +15,17 @@ Everything but the LLM call is therefore sigllm's and Orion's code, unchanged.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
+import math
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from sigray.config import canonical_json
 from sigray.engines.base import Sampling
 from sigray.errors import ConfigError, InputError
 from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers
@@ -31,6 +34,7 @@ from sigray.pipelines.numpy2_compat import REPLACEMENTS
 from sigray.pipelines.sigllm_env import use_sigllm_registry
 from sigray.signals import Signal
 
+_INT64_LIMIT = float(2**63 - 1)
 _PARSE_RESPONSE = "sigllm.primitives.prompting.anomalies.parse_anomaly_response"
 _FORMAT_AS_INTEGER = "sigllm.primitives.transformation.format_as_integer"
 _BOUNDARY = "sigray.pipelines.sigllm_pipeline.LLMBoundary"
@@ -73,12 +77,14 @@ def _split_pipeline_class():
 
 @dataclass
 class SignalPlan:
-    """One signal's windows (as sigllm's strings), their prompts, and the MLBlocks context."""
+    """One signal's windows (as sigllm's strings), their prompts, and the MLBlocks context;
+    ``requests`` (keyed prompts with their answer limits) are added by ``sigray.plan``."""
 
     signal: Signal
     windows: list[str]
     prompts: list[str]
     context: dict
+    requests: list = field(default_factory=list)
 
     @property
     def n_windows(self) -> int:
@@ -96,20 +102,42 @@ class Detection:
 
 
 def load_pipeline_spec(pipeline: str) -> dict:
-    """sigllm's pipeline JSON by registered name (``mistral_detector``) or by file path."""
+    """sigllm's pipeline JSON by registered name (``mistral_detector``) or by file path.
+
+    Raises ConfigError listing sigllm's pipelines, the closest first, for an unknown name.
+    """
     if pipeline.endswith(".json"):
         if not os.path.exists(pipeline):
             raise ConfigError(f"pipeline file {pipeline} does not exist.")
-        with open(pipeline) as f:
-            return json.load(f)
+        try:
+            with open(pipeline) as f:
+                return json.load(f)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"pipeline file {pipeline} is not valid JSON ({exc}).") from None
     use_sigllm_registry()
-    from mlblocks.discovery import find_pipelines, load_pipeline
+    from mlblocks.discovery import load_pipeline
 
     try:
         return load_pipeline(pipeline)
     except ValueError:
-        known = sorted(find_pipelines("sigllm"))
-        raise ConfigError(f"unknown pipeline {pipeline!r}; sigllm ships: {', '.join(known)}.") from None
+        known = sigllm_pipelines()
+        close = difflib.get_close_matches(pipeline, known, n=1, cutoff=0.6)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown pipeline {pipeline!r}.{hint} sigllm ships: {', '.join(known)}; or give a pipeline JSON file."
+        ) from None
+
+
+def sigllm_pipelines() -> list[str]:
+    """The names of the pipelines sigllm ships (its ``pipelines`` folder)."""
+    from importlib import resources
+
+    root = resources.files("sigllm").joinpath("pipelines")
+    found = []
+    for folder in root.iterdir():
+        if folder.is_dir():
+            found.extend(entry.name[: -len(".json")] for entry in folder.iterdir() if entry.name.endswith(".json"))
+    return sorted(found)
 
 
 def apply_overrides(spec: dict, params: dict) -> dict:
@@ -124,6 +152,52 @@ def apply_overrides(spec: dict, params: dict) -> dict:
             raise ConfigError(f"parameters for {block!r} must be a mapping, got {values!r}.")
         init_params.setdefault(block, {}).update(values)
     return spec
+
+
+_TYPES = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+    "string": ((str,), "a string"),
+    "list": ((list,), "a list"),
+    "tuple": ((list, tuple), "a list"),
+}
+
+
+def check_hyperparameters(block: str, values: dict) -> None:
+    """Refuse what MLBlocks would fail on (or loop forever with) after hours of work: a name the
+    primitive does not take, a value of the wrong type, outside its range or its choices.
+    The rules are the primitive's own annotation (MLBlocks' JSON)."""
+    from mlblocks.discovery import load_primitive
+
+    use_sigllm_registry()
+    known = {}
+    for kind in ("fixed", "tunable"):
+        known.update(load_primitive(block.split("#")[0]).get("hyperparameters", {}).get(kind, {}))
+    for name, value in values.items():
+        where = f"--param {block}.{name}"
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}: the primitive has no parameter {name!r}.{hint} It takes: {', '.join(known)}.")
+        spec = known[name]
+        if value is None and spec.get("default") is None:
+            continue
+        kinds, described = _TYPES.get(str(spec.get("type")), ((object,), ""))
+        wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        low, high = (spec.get("range") or [None, None])[:2]
+        outside = (
+            not wrong_type
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and ((low is not None and value < low) or (high is not None and value > high))
+        )
+        choices = spec.get("values")
+        if wrong_type or outside or (choices and value not in choices):
+            expected = described + (f" in [{low}, {high}]" if low is not None or high is not None else "")
+            expected += f" among {choices}" if choices else ""
+            raise ConfigError(f"{where}={json.dumps(value)}: expected {expected.strip() or 'another value'}.")
 
 
 _SCALAR2FLOAT = "sigllm.primitives.transformation.Scalar2Float"
@@ -171,13 +245,26 @@ def _block_names(primitives: list) -> list[str]:
 class SigllmPipeline:
     """A sigllm pipeline (detector or prompter), split at its LLM step.
 
-    ``spec`` is the resolved pipeline JSON (sigllm's, plus overrides): it is part of the
-    run identity, so changing any parameter gives another fingerprint.
+    ``spec`` is the resolved pipeline JSON (sigllm's, plus overrides). What it decides
+    splits at the LLM step: ``generation_spec`` (preprocessing, the prompt, the LLM step's
+    own parameters) decides a window's answers; ``detection_settings`` (everything after)
+    only what is made of them, so changing it reuses every stored answer.
+
+    ``base_spec``: the pipeline JSON itself, when it is not read by name or file (a store
+    keeps it, so post-processing can run from the store alone).
     """
 
-    def __init__(self, pipeline: str, params: dict | None = None, fix_units: bool = False):
+    def __init__(
+        self, pipeline: str, params: dict | None = None, fix_units: bool = False, base_spec: dict | None = None
+    ):
+        use_sigllm_registry()
         self.name = pipeline
-        self.spec = apply_overrides(load_pipeline_spec(pipeline), params or {})
+        self.base_spec = copy.deepcopy(base_spec) if base_spec is not None else load_pipeline_spec(pipeline)
+        self.params = copy.deepcopy(params or {})
+        self.fix_units = fix_units
+        self.spec = apply_overrides(self.base_spec, self.params)
+        for block, values in self.params.items():
+            check_hyperparameters(block, values)
         if fix_units:
             self.spec = fix_error_units(self.spec, pipeline)
         names = _block_names(self.spec["primitives"])
@@ -210,20 +297,26 @@ class SigllmPipeline:
 
     # -- parameters ---------------------------------------------------------
 
-    def _block_params(self, block: str | None) -> dict:
+    def _block_params(self, block: str | None, spec: dict | None = None) -> dict:
+        """A block's hyperparameters as MLBlocks resolves them: the primitive's defaults
+        (fixed and tunable), then the pipeline's ``init_params``."""
         from mlblocks.discovery import load_primitive
 
         if block is None:
             return {}
         annotation = load_primitive(block.split("#")[0])
-        fixed = annotation.get("hyperparameters", {}).get("fixed", {})
-        params = {k: v.get("default") for k, v in fixed.items()}
-        params.update(self.spec.get("init_params", {}).get(block, {}))
+        params = {}
+        for kind in ("fixed", "tunable"):
+            params.update({k: v.get("default") for k, v in annotation.get("hyperparameters", {}).get(kind, {}).items()})
+        params.update((spec or self.spec).get("init_params", {}).get(block, {}))
         return params
 
     def _param_of(self, suffix: str, name: str, default=None):
-        block = next((n for n in _block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
+        block = self._block(suffix)
         return self._block_params(block).get(name, default)
+
+    def _block(self, suffix: str) -> str | None:
+        return next((n for n in _block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
 
     def min_points(self) -> int:
         """Points (after aggregation) a signal needs for one window."""
@@ -234,46 +327,138 @@ class SigllmPipeline:
     def llm_params(self) -> dict:
         return self._block_params(self.llm_block)
 
-    def answer_format(self, plans: list[SignalPlan]) -> AnswerFormat:
-        """The answer format shared by every window of the run."""
+    def generation_spec(self) -> dict:
+        """The part of the pipeline that decides a window's answers: every block up to and
+        including the LLM step, with its parameters and wiring."""
+        names = _block_names(self.spec["primitives"])[: self._llm_index + 1]
+        return {
+            "primitives": self.spec["primitives"][: self._llm_index + 1],
+            "init_params": {b: p for b, p in self.spec.get("init_params", {}).items() if b in names},
+            "input_names": {b: p for b, p in self.spec.get("input_names", {}).items() if b in names},
+            "output_names": {b: p for b, p in self.spec.get("output_names", {}).items() if b in names},
+        }
+
+    def detection_settings(self) -> dict:
+        """Everything after the LLM step, resolved (defaults included): a result set's identity."""
+        names = _block_names(self.spec["primitives"])[self._llm_index + 1 :]
+        return {
+            "primitives": self.spec["primitives"][self._llm_index + 1 :],
+            "params": {b: self._block_params(b) for b in names},
+            "input_names": {b: p for b, p in self.spec.get("input_names", {}).items() if b in names},
+            "output_names": {b: p for b, p in self.spec.get("output_names", {}).items() if b in names},
+            "fix_error_units": self.fix_units,
+        }
+
+    def detection_name(self) -> str:
+        """The detection settings in a few words: what differs from the pipeline's own."""
+        ours = self.detection_settings()
+        stock = SigllmPipeline(self.name, base_spec=self.base_spec).detection_settings()
+        changes = settings_changes(stock, ours)
+        return (
+            ", ".join(f"{key}={new if isinstance(new, str) else canonical_json(new)}" for key, _, new in changes)
+            or "defaults"
+        )
+
+    def answer_format(self) -> AnswerFormat:
+        """How every window's answers are asked for and checked (rules only; each window's
+        limits follow from the window itself, ``AnswerFormat.limits``)."""
         llm = self.llm_params
         parse = self._block_params(self._format_block)
         sep = llm.get("sep", ",")
-        sample = [w for p in plans for w in p.windows[:1000]]
-        longest = max((len(v) for w in sample for v in "".join(w.split()).split(sep)), default=4)
         if self.family == "detector":
             return ForecastAnswers(
                 sep=sep,
                 trunc=parse.get("trunc"),
                 errors=parse.get("errors", "ignore"),
                 steps=int(llm.get("steps", 1)),
-                max_digits=longest + 1,
                 continuation=self.step.primitive == FORECAST_HF,
                 spaced=bool(self._param_of("format_as_string#1", "space", False)),
             )
-        first = plans[0].windows[0] if plans and plans[0].windows else ""
         return AnomalyAnswers(
             sep=sep,
             parsed=self._parse_block is not None,
             interval=bool(self._block_params(self._parse_block).get("interval", False)),
             window_size=int(self._param_of("rolling_window_sequences#1", "window_size", 0)),
-            max_digits=longest + 1,
-            # sigllm: tokens of the first window x anomalous_percent; characters bound tokens.
-            max_new_tokens=max(16, int(len(first) * float(llm.get("anomalous_percent", 0.5)))),
+            anomalous_percent=float(llm.get("anomalous_percent", 0.5)),
             after_marker=self.step.primitive == PROMPT_HF and not llm.get("restrict_tokens"),
             trunc=parse.get("trunc"),
             errors=parse.get("errors", "ignore"),
         )
 
-    def sampling(self, answers: AnswerFormat, constrained: bool) -> Sampling:
+    def sampling(self) -> Sampling:
+        """How answers are sampled; each window's ``max_tokens`` and regex are set per request."""
         llm = self.llm_params
         return Sampling(
             n=int(llm.get("samples", 1)),
             temperature=float(llm.get("temp", 1.0)),
             top_p=float(llm.get("top_p", 1.0)),
-            max_tokens=answers.max_tokens,
-            regex=answers.regex if constrained else None,
             chat=self.step.is_chat(llm),
+        )
+
+    # -- checks on a signal, before any preprocessing ---------------------------
+
+    def check_signal(self, signal: Signal) -> list[str]:
+        """Refuse a signal sigllm's preprocessing would silently corrupt; return warnings on odd data.
+
+        Raises InputError when ``Float2Scalar``'s integers overflow (sigllm casts to int64:
+        every prompt would read -9223372036854775808) or the signal is too short for one
+        window. Warns when aggregation would impute more than half of the points.
+        """
+        self._check_scaled_integers(signal)
+        interval = self._param_of("time_segments_aggregate#1", "interval", None)
+        notes = []
+        points = len(signal.timestamps)
+        if interval:
+            times = np.asarray(signal.timestamps, dtype="float64")
+            first = times.min()
+            points = int((times.max() - first) // interval) + 1
+            filled = len(np.unique((times - first) // interval))
+            if points > 1 and filled < points / 2:
+                notes.append(
+                    f"signal {signal.name!r}: aggregating to {_duration(interval)} leaves {points - filled:,} of "
+                    f"{points:,} points empty, which sigllm imputes; are its timestamps in seconds?"
+                )
+        if points < self.min_points():
+            raise InputError(self.too_short(signal, points))
+        return notes
+
+    def too_short(self, signal: Signal, points: int | None = None) -> str:
+        """Why ``signal`` gives no window, with the parameters that change it."""
+        interval = self._param_of("time_segments_aggregate#1", "interval", None)
+        if points is None:
+            times = np.asarray(signal.timestamps, dtype="float64")
+            points = int((times.max() - times.min()) // interval) + 1 if interval else len(times)
+        block = self._block("rolling_window_sequences#1")
+        window = self._param_of("rolling_window_sequences#1", "window_size", 0)
+        aggregate = self._block("time_segments_aggregate#1")
+        where = f"aggregated to {_duration(interval)} ({aggregate}.interval={interval}) " if interval else ""
+        change = f"--param {aggregate}.interval=<seconds> or " if interval else ""
+        return (
+            f"signal {signal.name!r} is too short for one window of pipeline {self.name!r}: {where}it has "
+            f"{points} point(s), and one window needs {self.min_points()} ({block}.window_size={window} plus the "
+            f"target). Give a longer signal, or {change}--param {block}.window_size=<points>."
+        )
+
+    def _check_scaled_integers(self, signal: Signal) -> None:
+        block = self._block("Float2Scalar#1")
+        if block is None:
+            return
+        params = self._block_params(block)
+        decimal, rescale = int(params.get("decimal", 2)), bool(params.get("rescale", True))
+        values = np.asarray(signal.values, dtype="float64")
+        if not values.size:
+            return
+        low, high = float(values.min()), float(values.max())
+        reach = (high - low) if rescale else max(abs(low), abs(high))
+        worst = high if rescale or abs(high) >= abs(low) else low
+        if reach * 10.0**decimal < _INT64_LIMIT:
+            return
+        fits = math.floor(math.log10(_INT64_LIMIT / reach)) if reach > 0 else decimal
+        advice = f"Use --param {block}.decimal={fits} or less" if fits >= 0 else "Rescale the signal first"
+        raise InputError(
+            f"signal {signal.name!r}: value {worst:g} becomes {reach * 10.0**decimal:.3g} once sigllm scales it to "
+            f"integers ({block}.decimal={decimal}{', minus the minimum' if rescale else ''}), past int64's "
+            f"{_INT64_LIMIT:.3g}: every prompt would be garbage. {advice}."
         )
 
     # -- the two halves -----------------------------------------------------
@@ -344,8 +529,10 @@ class SigllmPipeline:
         forecast_output = "numpy.reshape#1"  # the context right after it holds y_hat
         has_forecast = forecast_output in pipeline.blocks
         with warnings.catch_warnings():
-            # Orion's find_anomalies trips a pandas FutureWarning per window; not ours to fix.
+            # Orion's find_anomalies trips a pandas FutureWarning per window, and its dynamic
+            # threshold's fmin search a RuntimeWarning per step; not ours to fix.
             warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             outputs = pipeline.fit(
                 start_=self.llm_block,
                 output_=["default", forecast_output] if has_forecast else "default",
@@ -359,6 +546,31 @@ class SigllmPipeline:
             forecast=None if forecast is None else np.asarray(forecast, dtype=float).ravel(),
             forecast_index=np.asarray(context.get("target_index")),
         )
+
+
+def settings_changes(old: dict, new: dict) -> list[tuple[str, object, object]]:
+    """(short key, old value, new value) for each detection parameter that differs."""
+    changes = []
+    for block in sorted(set(old.get("params", {})) | set(new.get("params", {}))):
+        a, b = old.get("params", {}).get(block, {}), new.get("params", {}).get(block, {})
+        short = block.rsplit(".", 1)[-1]
+        for key in sorted(set(a) | set(b)):
+            if canonical_json(a.get(key)) != canonical_json(b.get(key)):
+                changes.append((f"{short}.{key}", a.get(key), b.get(key)))
+    if old.get("fix_error_units") != new.get("fix_error_units"):
+        changes.append(("fix_error_units", old.get("fix_error_units"), new.get("fix_error_units")))
+    if old.get("primitives") != new.get("primitives") and not changes:
+        changes.append(("primitives", len(old.get("primitives", [])), len(new.get("primitives", []))))
+    return changes
+
+
+def _duration(seconds) -> str:
+    seconds = float(seconds)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size and seconds % size == 0:
+            count = int(seconds // size)
+            return f"{count} {unit}{'s' if count > 1 else ''}"
+    return f"{seconds:g} s"
 
 
 def _empty_events() -> pd.DataFrame:

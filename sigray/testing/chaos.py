@@ -28,6 +28,7 @@ class ChaosReport:
     driver_runs: int = 0
     exit_codes: list[int] = field(default_factory=list)
     elapsed_s: float = 0.0
+    to_come: list[str] = field(default_factory=list)  # the current round of kinds (``_next_kind``)
     output: str = ""
 
 
@@ -91,13 +92,22 @@ def run_chaos(
     return report
 
 
+def _next_kind(report: ChaosReport, kinds: dict[str, int], rng: random.Random) -> str:
+    """Kinds drawn from a seeded shuffle of ``weight`` copies of each: every kind lands once
+    in each round of ``sum(weights)`` faults, in proportion, in a random order."""
+    if not report.to_come:
+        report.to_come = [kind for kind, weight in kinds.items() for _ in range(weight)]
+        rng.shuffle(report.to_come)
+    return report.to_come.pop()
+
+
 def _inject_until_driver_fault(driver, store, ray_tmp, rng, report, n_faults, gap_s, kinds, started) -> bool:
     """Inject faults into this driver's run; True when the driver was killed or stopped (run it again)."""
     while driver.poll() is None and len(report.faults) < n_faults:
         time.sleep(rng.uniform(*gap_s))  # the schedule: seeded gaps between faults
         if driver.poll() is not None or not _ray_processes(ray_tmp, "ray::Worker"):
             continue  # not computing yet (planning, Ray and engines starting): no fault to land
-        kind = rng.choices(list(kinds), weights=list(kinds.values()))[0]
+        kind = _next_kind(report, kinds, rng)
         if kind in DRIVER_KINDS:
             report.faults.append((time.monotonic() - started, kind))
             if kind == "driver_sigkill":

@@ -1,0 +1,222 @@
+"""Make a store ready for a planned run, under its write lease.
+
+In order: refuse what is not a sigray store; take the lease (a live run refuses this one,
+``--new`` included); create the store, replace it (``--new``), migrate it (format 1), or
+check that it holds the same generation; repair damage; register the run's signals,
+growing the window table by the requests it does not hold yet. Every refusal comes
+before anything is written, and every step is crash-safe on its own (see
+``sigray.store.run_store``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from sigray import lease as store_lease
+from sigray.config import fingerprint
+from sigray.errors import SigrayError, StoreError
+from sigray.plan import RunPlan
+from sigray.storage import open_storage
+from sigray.store import DONE, FAILED, RunStore, SignalEntry, WindowResults, read_pointer
+from sigray.store.format1 import Format1Store, legacy_identity, legacy_max_digits
+from sigray.store.run_store import mismatch_error
+
+log = logging.getLogger(__name__)
+_LEASE_FILES = ("lease.json", "lease.mutex")
+
+
+@dataclass
+class PreparedStore:
+    """A store ready for a run, whose lease ``owner`` holds."""
+
+    store: RunStore
+    lease: store_lease.Lease  # held by the run's owner; renew it (``KeptLease``) while working
+    entries: list[SignalEntry]  # the run's signals, in the run's order
+    added_windows: int = 0  # rows the run's new signals added to the window table
+    notes: list[str] = field(default_factory=list)  # what was done to the store (replaced, migrated, repaired)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Every row the run's signals use, once."""
+        if not self.entries:
+            return np.zeros(0, dtype=np.int64)
+        return np.unique(np.concatenate([self.store.signal_rows(e) for e in self.entries]))
+
+
+def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore:
+    """Open (or create, replace, migrate) the store for ``plan`` and take its lease.
+
+    Raises StoreLockedError while another run holds the lease, ConfigMismatchError when
+    the store's generation differs, StoreError for a place that is not a sigray store.
+    The caller releases the lease (``sigray.lease.release``).
+    """
+    config = plan.config
+    storage = open_storage(config.store)
+    storage.check_root()
+    pointer = read_pointer(storage)
+    if pointer is None and not _holds_nothing(storage):
+        raise StoreError(
+            f"{storage.url} holds files but no sigray store; sigray neither writes into nor deletes folders it did "
+            "not make. Choose an empty or new --store."
+        )
+    lease = store_lease.acquire(storage, owner, config.store_lease_s, config.flush_interval_s)
+    try:
+        notes = []
+        if pointer is None or new:
+            store = _create(plan, storage)
+            if pointer is not None:
+                notes.append("replaced what the store held with a new, empty run (--new)")
+        elif pointer["format_version"] == 1:
+            store = _migrate_format1(plan, storage)
+            notes.append("migrated the store from format 1 (answers kept; pending windows get new seeds)")
+        else:
+            store = RunStore.open(storage, read_only=False)
+            store.check_identity(plan.identity, plan.fingerprint)
+            removed = store.collect_garbage()
+            if removed:
+                notes.append(f"removed what an interrupted replacement left: {', '.join(removed)}")
+        notes += store.repair(_KnownRequests(plan, store))
+        before = store.n_windows
+        changed = [p for p in plan.plans if _registered_digest(store, p.signal.name) != p.signal.digest()]
+        store.add_signals([plan.new_signal(p) for p in changed])
+        entries = [store.signal(p.signal.name) for p in plan.plans]
+        return PreparedStore(store, lease, entries, store.n_windows - before, notes)
+    except BaseException:
+        store_lease.release(storage, owner)
+        raise
+
+
+def _holds_nothing(storage) -> bool:
+    return storage.is_empty() or all(key in _LEASE_FILES for key in storage.list())
+
+
+def _registered_digest(store: RunStore, name: str) -> str | None:
+    entry = store.signal(name)
+    return None if entry is None else entry.digest
+
+
+class _KnownRequests(Mapping):
+    """Row -> request for the run's signals the store holds with the same data: what
+    ``repair`` may rewrite a damaged requests chunk from. A signal is preprocessed only
+    when one of its rows is asked for (after damage), not on every run."""
+
+    def __init__(self, plan: RunPlan, store: RunStore):
+        self._owner: dict[int, tuple] = {}
+        for signal_plan in plan.plans:
+            entry = store.signal(signal_plan.signal.name)
+            if entry is not None and entry.digest == signal_plan.signal.digest():
+                for position, row in enumerate(store.signal_rows(entry).tolist()):
+                    self._owner[row] = (signal_plan, position)
+
+    def __getitem__(self, row: int):
+        signal_plan, position = self._owner[row]
+        requests = signal_plan.requests
+        if position >= len(requests):  # sigllm's preprocessing changed since the store was made
+            raise KeyError(row)
+        return requests[position]
+
+    def __contains__(self, row) -> bool:
+        return row in self._owner  # without preprocessing the row's signal
+
+    def __iter__(self):
+        return iter(self._owner)
+
+    def __len__(self) -> int:
+        return len(self._owner)
+
+
+def settled_signals(path: str, generation: str) -> dict[str, str]:
+    """The signals (name -> data digest) the store at ``path`` holds under the generation
+    fingerprinted ``generation`` with every window answered or failed: nothing of them will
+    be asked of an engine (``sigray.plan.make_plan``'s ``settled``). Empty when there is no
+    such store or it cannot be read (``prepare_store`` then says why, under the lease)."""
+    try:
+        store = RunStore.open(path)
+        if store.fingerprint != generation:
+            return {}
+        status, _ = store.read_state()
+        settled = np.isin(status, (DONE, FAILED))
+        return {e.name: e.digest for e in store.signals if settled[store.signal_rows(e)].all()}
+    except (SigrayError, OSError):
+        return {}
+
+
+def _create(plan: RunPlan, storage, live: bool = True) -> RunStore:
+    store = RunStore.create(
+        storage,
+        plan.identity,
+        plan.fingerprint,
+        plan.config.to_json(),
+        n_samples=plan.sampling.n,
+        horizon=plan.answers.horizon,
+        chunk_windows=plan.config.chunk_windows,
+        extra={"pipeline_base_spec": plan.pipeline.base_spec},
+        live=live,
+    )
+    if plan.normal is not None:
+        normal = plan.normal
+        store.write_normal(normal.timestamps, normal.values.reshape(len(normal.values), -1), normal.digest())
+    return store
+
+
+def _migrate_format1(plan: RunPlan, storage) -> RunStore:
+    """A format-1 store made by this very run becomes a format-2 store with its answers.
+
+    Its answers are matched to the new window table by prompt; the new generation goes
+    live only when whole (the pointer replaces format 1's root metadata last), then
+    format 1's arrays are deleted.
+    """
+    old = Format1Store.open(storage)
+    sep = getattr(plan.answers, "sep", ",")
+    max_digits = legacy_max_digits([p.windows for p in plan.plans], sep)
+    legacy = legacy_identity(
+        plan.config,
+        plan.pipeline.spec,
+        {p.signal.name: p.signal.digest() for p in plan.plans},
+        plan.answers.format1_identity(max_digits),
+        None if plan.normal is None else plan.normal.digest(),
+    )
+    if fingerprint(legacy) != old.fingerprint:
+        error = mismatch_error(storage.url, old.identity, legacy)
+        raise type(error)(
+            f"{error} (The store has format 1: run once with the settings and signals it was made with to migrate "
+            "it; after that, post-processing settings may change and signals may be added.)"
+        )
+    store = _create(plan, storage, live=False)
+    store.add_signals([plan.new_signal(p) for p in plan.plans])
+    settled = old.answers_by_prompt()
+    prompts = store.read_prompts()
+    status, attempts = store.read_state()
+    status, attempts = status.copy(), attempts.copy()
+    rows, answers, values, reasons = [], [], [], {}
+    for row, prompt in enumerate(prompts):
+        if prompt not in settled:
+            continue
+        state, tries, texts, parsed = settled[prompt]
+        status[row], attempts[row] = state, tries
+        if state == DONE:
+            rows.append(row)
+            answers.append([str(t) for t in texts])
+            values.append(parsed)
+        elif state == FAILED:
+            reasons[row] = "failed before the store was migrated from format 1 (reason not recorded)"
+    chunks = range(-(-len(status) // store.chunk_windows))
+    size = store.chunk_windows
+    results = WindowResults(
+        np.asarray(rows, dtype=np.int64),
+        answers,
+        np.asarray(values, dtype=np.float32).reshape(len(rows), store.n_samples, store.horizon),
+    )
+    store.flush(
+        results,
+        {c: status[c * size : (c + 1) * size] for c in chunks},
+        {c: attempts[c * size : (c + 1) * size] for c in chunks},
+        reasons,
+    )
+    store.make_live()
+    log.info("store %s: migrated from format 1 (%d windows settled)", storage.url, len(rows) + len(reasons))
+    return store

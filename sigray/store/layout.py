@@ -1,0 +1,78 @@
+"""The shapes a store holds, as plain dataclasses: window states, signal entries, new rows.
+
+Nothing here touches storage; ``run_store`` reads and writes these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+PENDING, DONE, FAILED = 0, 1, 2  # a window's status
+
+
+@dataclass(frozen=True)
+class SignalEntry:
+    """One signal of a store, as its registry names it.
+
+    ``group`` is where its arrays live (``signals/<group>``): a signal whose data changed
+    gets a new group, so the one a reader holds never changes under it. ``n_windows``
+    counts the signal's windows in order (the same row may serve several of them).
+    """
+
+    name: str
+    group: int
+    digest: str
+    n_windows: int
+    n_points: int
+    channels: int = 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SignalEntry:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class WindowRequest:
+    """What one window asks the engine, keyed by its content (see ``sigray.plan``)."""
+
+    key: bytes  # 16 bytes: blake2b of (generation fingerprint, prompt, limits)
+    prompt: str
+    max_digits: int
+    max_tokens: int
+
+
+@dataclass(frozen=True)
+class NewSignal:
+    """A signal to register: its data and the request of each of its windows, in order."""
+
+    name: str
+    digest: str
+    timestamps: np.ndarray  # [points], int64 Unix seconds (float64 when fractional)
+    values: np.ndarray  # [points, channels] float64
+    requests: list[WindowRequest]
+
+
+@dataclass
+class WindowResults:
+    """Accepted answers of some rows of the window table, ready to be flushed."""
+
+    windows: np.ndarray  # int64 [k] rows
+    answers: list[list[str]]  # k lists of n_samples texts
+    values: np.ndarray  # float32 [k, n_samples, horizon]
+
+
+def keys_to_array(keys: list[bytes]) -> np.ndarray:
+    """16-byte keys as the store's ``uint64 [k, 2]``."""
+    if not keys:
+        return np.zeros((0, 2), dtype="<u8")
+    return np.frombuffer(b"".join(keys), dtype="<u8").reshape(-1, 2).copy()
+
+
+def array_to_keys(array: np.ndarray) -> list[bytes]:
+    data = np.ascontiguousarray(array, dtype="<u8").tobytes()
+    return [data[i : i + 16] for i in range(0, len(data), 16)]

@@ -48,9 +48,26 @@ def run(
     Raises InputError, ConfigError, ModelNotFoundError or StoreError before anything is
     written or any engine starts when the input, settings, model or store cannot be used.
     """
-    config = _config(store, settings)
-    settled = None if new else functools.partial(settled_signals, config.store)
-    plan = make_plan(config, list(signals), settled=settled)
+    config = run_config(store, settings)
+    plan = make_plan(config, list(signals), settled=settled_in(config, new))
+    return run_plan(plan, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+
+
+def settled_in(config: RunConfig, new: bool = False):
+    """``make_plan``'s ``settled``: what the run's store already holds (nothing when replaced)."""
+    return None if new else functools.partial(settled_signals, config.store)
+
+
+def run_plan(
+    plan: RunPlan,
+    *,
+    on_progress: Callable[[Progress], None] | None = None,
+    deadline_s: float | None = None,
+    ray_options: dict | None = None,
+    new: bool = False,
+) -> RunResult:
+    """Run a plan from ``make_plan`` (see ``run``): the engine's checks first, then the run."""
+    config = plan.config
     model_path = resolve_engine_model(config)
     check_ready(config.engine, model_path, config.engine_options, _requests(plan))
     return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
@@ -113,7 +130,7 @@ def _frame(timestamps, values) -> pd.DataFrame:
     return pd.DataFrame({"timestamp": timestamps, "value": values[:, 0]})
 
 
-def _config(store: str, settings: dict) -> RunConfig:
+def run_config(store: str, settings: dict) -> RunConfig:
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
@@ -141,7 +158,7 @@ def resolve_engine_model(config: RunConfig) -> str:
     return resolve_model(config.model)
 
 
-__all__ = ["detect", "plan_from_store", "resolve_engine_model", "run"]
+__all__ = ["detect", "plan_from_store", "resolve_engine_model", "run", "run_config", "run_plan", "settled_in"]
 
 
 def _requests(plan: RunPlan):

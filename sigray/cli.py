@@ -100,6 +100,57 @@ def cmd_detect(args) -> int:
     return _report(result, args)
 
 
+@_sigterm_stops_gracefully
+def cmd_benchmark(args) -> int:
+    from sigray.benchmark import ERROR, plot_leaderboard
+    from sigray.benchmark import benchmark as run_benchmark
+
+    os.makedirs(args.output, exist_ok=True)
+    progress = _ProgressPrinter(quiet=args.quiet)
+    board = run_benchmark(
+        args.paths,
+        args.store,
+        args.labels,
+        method=args.method,
+        on_progress=progress,
+        deadline_s=args.deadline,
+        ray_options=_ray_options(args),
+        new=args.new,
+        **_run_settings(args),
+    )
+    progress.close()
+    written = [os.path.join(args.output, name) for name in ("leaderboard.csv", "datasets.csv", "leaderboard.png")]
+    board.signals.to_csv(written[0], index=False)
+    board.datasets.to_csv(written[1], index=False)
+    plot_leaderboard(board, written[2])
+    if args.json:
+        tables = {"signals": board.signals, "datasets": board.datasets}
+        records = {key: json.loads(table.to_json(orient="records")) for key, table in tables.items()}
+        print(json.dumps({"complete": board.complete, "stopped": board.stopped, **records, "files": written}))
+    elif not args.quiet:
+        number = lambda v: f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"  # noqa: E731 - weighted counts are seconds
+        counts = {"windows": "string", "failed_windows": "string"}
+        shown = board.signals.drop(columns=["pipeline", "reason"]).astype(counts).fillna(dict.fromkeys(counts, "-"))
+        print(shown.to_string(index=False, float_format=number, na_rep="-"))
+        print()
+        print(board.datasets.to_string(index=False, float_format=number, na_rep="-"))
+        print(f"leaderboard: {', '.join(written)}")
+    errors = board.signals[board.signals["status"] == ERROR]
+    if len(errors):
+        print(
+            f"sigray: {len(errors)} of {len(board.signals)} signal(s) not run, each on its ERROR row of "
+            f"{written[0]} with why: {', '.join(errors['signal'][:20])}. The first: {errors['reason'].iloc[0]}",
+            file=sys.stderr,
+        )
+    if board.stopped:
+        print("sigray: stopped; run the same command to resume.", file=sys.stderr)
+        return EXIT_RESUMABLE
+    if not board.complete:
+        print("sigray: incomplete: PENDING signals have windows to answer; run the same command.", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    return 0
+
+
 def _report(result, args, picture: str | None = None) -> int:
     """Print what a run found first; then draw (a picture that fails is a warning, never
     an error: the work is saved). Exit 75 for a stop, 3 when signals lack results."""
@@ -553,6 +604,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--plot-dir", default=None, metavar="DIR", help="when the run finishes, one PNG per signal here")
     run.set_defaults(command=cmd_run)
+
+    bench = sub.add_parser(
+        "benchmark",
+        help="run and score a pipeline over folders of signals: a leaderboard per signal and dataset (resumable)",
+    )
+    bench.add_argument("paths", nargs="+", help="folders of signal CSVs (one per dataset) or CSV files")
+    bench.add_argument("--labels", required=True, help="Orion labels CSV: signal,events or signal,start,end")
+    bench.add_argument("--store", required=True, help="the benchmark's store: a directory, or s3://bucket/prefix")
+    bench.add_argument("-o", "--output", required=True, metavar="DIR", help="where leaderboard.csv/.png go")
+    bench.add_argument(
+        "--method", choices=["weighted", "overlap"], default="weighted", help="Orion's contextual scores (weighted)"
+    )
+    _add_run_options(bench)
+    bench.set_defaults(command=cmd_benchmark)
 
     detect = sub.add_parser(
         "detect", help="post-process a store's answers again with other settings, from the store alone"

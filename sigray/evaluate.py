@@ -63,7 +63,20 @@ def _seconds(value) -> int:
     return int(stamp.timestamp())
 
 
-def _scores(tp: float, fp: float, fn: float) -> dict:
+def confusion(expected: list[tuple[int, int]], detected: pd.DataFrame, weighted: bool) -> tuple[float, float, float]:
+    """(tp, fp, fn) of one signal by Orion's contextual confusion matrix; ``detected`` has
+    start and end in epoch seconds (a result's anomalies)."""
+    from orion.evaluation.contextual import contextual_confusion_matrix
+
+    observed = [(int(s), int(e)) for s, e in zip(detected["start"], detected["end"])]
+    if not expected and not observed:
+        return 0.0, 0.0, 0.0
+    _, fp, fn, tp = contextual_confusion_matrix(expected, observed, weighted=weighted)
+    return tp, fp, fn
+
+
+def scores(tp: float, fp: float, fn: float) -> dict:
+    """Precision, recall and F1 from a confusion matrix (0 where undefined, as Orion)."""
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
@@ -75,8 +88,6 @@ def evaluate(detected: dict[str, pd.DataFrame], labels: dict[str, list[tuple[int
 
     Signals without labels are left out (and named in ``InputError`` when none match).
     """
-    from orion.evaluation.contextual import contextual_confusion_matrix
-
     scored = [name for name in detected if name in labels]
     if not scored:
         raise InputError(
@@ -87,13 +98,8 @@ def evaluate(detected: dict[str, pd.DataFrame], labels: dict[str, list[tuple[int
     for method, weighted in METHODS.items():
         totals = [0.0, 0.0, 0.0]
         for name in scored:
-            expected = labels[name]
-            observed = [(int(s), int(e)) for s, e in zip(detected[name]["start"], detected[name]["end"])]
-            if not expected and not observed:
-                tp = fp = fn = 0.0
-            else:
-                _, fp, fn, tp = contextual_confusion_matrix(expected, observed, weighted=weighted)
+            tp, fp, fn = confusion(labels[name], detected[name], weighted)
             totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
-            rows.append({"signal": name, "method": method, **_scores(tp, fp, fn)})
-        rows.append({"signal": "ALL", "method": method, **_scores(*totals)})
+            rows.append({"signal": name, "method": method, **scores(tp, fp, fn)})
+        rows.append({"signal": "ALL", "method": method, **scores(*totals)})
     return pd.DataFrame(rows)

@@ -9,7 +9,9 @@ window asks the same thing, and is answered once, in any signal and any store.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -142,12 +144,35 @@ def make_pipeline(config: RunConfig, base_spec: dict | None = None) -> SigllmPip
     )
 
 
+def _load(sources: list, unit: str | None, rejected: dict[str, str] | None) -> list[Signal]:
+    if rejected is None:
+        return load_signals(sources, unit=unit)
+    signals = []
+    for source in sources:
+        name = source[0] if isinstance(source, tuple) else os.path.splitext(os.path.basename(str(source)))[0]
+        with _or_rejected(rejected, str(name)):
+            signals.extend(load_signals([source], unit=unit))
+    return signals
+
+
+@contextlib.contextmanager
+def _or_rejected(rejected: dict[str, str] | None, name: str):
+    """Refuse the run (InputError) as usual, or, given ``rejected``, name the signal there and go on."""
+    try:
+        yield
+    except InputError as exc:
+        if rejected is None:
+            raise
+        rejected[name] = str(exc)
+
+
 def make_plan(
     config: RunConfig,
     sources: list,
     base_spec: dict | None = None,
     normal: Signal | None = None,
     settled: Callable[[str], Mapping[str, str]] | None = None,
+    rejected: dict[str, str] | None = None,
 ) -> RunPlan:
     """Load and check the signals, window them with sigllm, and name the run's work.
 
@@ -155,12 +180,15 @@ def make_plan(
     run's store holds under it with every window settled (``sigray.prepare.settled_signals``);
     those are preprocessed only when first used (to post-process), every other signal here.
 
+    ``rejected``: when given, a signal that cannot be read or windowed is left out of the
+    plan and named there (name -> why) instead of refusing the run (``sigray.benchmark``).
+
     Raises InputError (bad or too-short signals, values sigllm cannot scale) or
     ConfigError (unknown pipeline, bad parameters) before anything is written or started;
     odd but usable data is a ``SigrayWarning``.
     """
     pipeline = make_pipeline(config, base_spec)
-    signals: list[Signal] = load_signals(sources, unit=config.timestamp_unit)
+    signals = _load(sources, config.timestamp_unit, rejected)
     if normal is None and config.normal:
         normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:
@@ -171,8 +199,10 @@ def make_plan(
             "(a CSV of timestamp,value without anomalies; --normal FILE, or normal= in the API)."
         )
     for signal in signals:
-        for note in pipeline.check_signal(signal):
-            warnings.warn(note, SigrayWarning, stacklevel=2)
+        with _or_rejected(rejected, signal.name):
+            for note in list(pipeline.check_signal(signal)):
+                warnings.warn(note, SigrayWarning, stacklevel=2)
+    signals = [signal for signal in signals if signal.name not in (rejected or {})]
     answers = pipeline.answer_format()
     identity = generation_identity(config, pipeline, answers, normal)
     generation = fingerprint(identity)
@@ -180,7 +210,9 @@ def make_plan(
     plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
     for plan in plans:
         if known.get(plan.signal.name) != plan.signal.digest():
-            plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
+            with _or_rejected(rejected, plan.signal.name):
+                plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
+    plans = [plan for plan in plans if plan.signal.name not in (rejected or {})]
     detection = pipeline.detection_settings()
     return RunPlan(
         config=config,

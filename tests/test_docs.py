@@ -55,7 +55,7 @@ def test_readme_cli_reference_matches_the_cli_help():
 
 def test_every_subcommand_is_in_the_reference():
     reference = cli_reference()
-    for command in ("run", "demo", "status", "results", "evaluate", "plot"):
+    for command in ("run", "benchmark", "detect", "demo", "status", "results", "evaluate", "plot"):
         assert f"`sigray {command} --help`" in reference
 
 

@@ -1,0 +1,207 @@
+"""A benchmark over many signals, in the shape of Orion's and sigllm's ``benchmark.py``,
+resumable per window.
+
+Signals come from folders (one folder per dataset, as Orion's benchmark data) or files;
+labels in Orion's format. The leaderboard has a row for every signal, always: scored
+(``OK``), not runnable (``ERROR``, with why: unreadable, too short for the pipeline) or
+not finished (``PENDING``: run the same command again). Unlike Orion's ``resume``, which
+skips a signal by file name and keeps its error rows forever, a rerun here recomputes only
+windows not yet answered, and retries a signal whose file was fixed.
+
+Scores are Orion's contextual ones (``sigray.evaluate``), per signal and per dataset, a
+dataset's from the summed confusion matrices of its scored signals.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+
+from sigray.errors import InputError
+from sigray.evaluate import METHODS, confusion, load_labels, scores
+from sigray.messages import Progress
+from sigray.runner import RunResult
+
+OK, ERROR, PENDING = "OK", "ERROR", "PENDING"
+SIGNAL_COLUMNS = ["dataset", "pipeline", "signal", "status", "windows", "failed_windows"]
+SCORE_COLUMNS = ["precision", "recall", "f1", "tp", "fp", "fn"]
+
+
+@dataclass(frozen=True)
+class BenchmarkSignal:
+    dataset: str  # the folder it was found in
+    name: str
+    path: str
+
+
+@dataclass
+class Leaderboard:
+    """``signals``: one row per signal (``SIGNAL_COLUMNS``, ``SCORE_COLUMNS``, ``reason``);
+    ``datasets``: one row per dataset and an ``ALL`` row; ``result``: the run (None when no
+    signal could run)."""
+
+    signals: pd.DataFrame
+    datasets: pd.DataFrame
+    result: RunResult | None
+    method: str
+
+    @property
+    def complete(self) -> bool:
+        """Every runnable signal is scored (``ERROR`` rows stay until their files are fixed)."""
+        return not (self.signals["status"] == PENDING).any()
+
+    @property
+    def stopped(self) -> bool:
+        return self.result is not None and self.result.stopped
+
+
+def find_signals(paths: list[str], labels_path: str | None = None) -> list[BenchmarkSignal]:
+    """The signal CSVs of folders (their dataset is the folder's name) and files.
+
+    Orion labels files beside the signals (columns signal,events or signal,start,end) are
+    not signals and are skipped. Raises InputError for a path that does not exist, or two
+    signals of one name (labels are looked up by name).
+    """
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            files = sorted(os.path.join(path, f) for f in os.listdir(path) if f.lower().endswith(".csv"))
+            dataset = os.path.basename(os.path.normpath(path))
+        elif os.path.isfile(path):
+            files, dataset = [path], os.path.basename(os.path.dirname(os.path.abspath(path)))
+        else:
+            raise InputError(f"{path}: no such file or folder.")
+        for file in files:
+            if _is_labels_file(file) or (labels_path and os.path.abspath(file) == os.path.abspath(labels_path)):
+                continue
+            found.append(BenchmarkSignal(dataset, os.path.splitext(os.path.basename(file))[0], file))
+    if not found:
+        raise InputError(f"no signal CSV files in {', '.join(paths)}.")
+    seen: dict[str, BenchmarkSignal] = {}
+    for signal in found:
+        if signal.name in seen:
+            raise InputError(
+                f"two signals are named {signal.name!r} ({seen[signal.name].path} and {signal.path}); "
+                "labels are looked up by name: rename one, or benchmark them separately."
+            )
+        seen[signal.name] = signal
+    return found
+
+
+def _is_labels_file(path: str) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = {c.strip() for c in f.readline().split(",")}
+    except OSError:
+        return False
+    return "signal" in header and ("events" in header or {"start", "end"} <= header)
+
+
+def benchmark(
+    paths: list[str],
+    store: str,
+    labels: str,
+    *,
+    method: str = "weighted",
+    on_progress: Callable[[Progress], None] | None = None,
+    deadline_s: float | None = None,
+    ray_options: dict | None = None,
+    new: bool = False,
+    **settings,
+) -> Leaderboard:
+    """Run (or resume) a pipeline over every signal of ``paths`` in one store, and score it.
+
+    ``method``: Orion's ``weighted`` contextual scores (its benchmark's default: events
+    counted by duration) or ``overlap`` (an event counts when any part of it is found).
+    ``new``, ``settings``: as ``sigray.run``. Signals that cannot run are left on their ``ERROR``
+    row and the others run; bad labels, settings or engines refuse the whole benchmark
+    before anything starts (InputError, ConfigError...).
+    """
+    from sigray.api import run_config, run_plan, settled_in
+    from sigray.plan import make_plan
+
+    if method not in METHODS:
+        raise InputError(f"unknown scoring method {method!r}; choose {' or '.join(METHODS)}.")
+    known = load_labels(labels)
+    found = find_signals(paths, labels)
+    config = run_config(store, settings)
+    rejected: dict[str, str] = {}
+    plan = make_plan(config, [(s.name, s.path) for s in found], settled=settled_in(config, new), rejected=rejected)
+    result = None
+    if plan.plans:
+        result = run_plan(plan, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+    rows = [_row(s, plan.pipeline.name, rejected, result, known, METHODS[method]) for s in found]
+    table = pd.DataFrame(rows, columns=[*SIGNAL_COLUMNS, *SCORE_COLUMNS, "reason"])
+    table = table.astype({"windows": "Int64", "failed_windows": "Int64"})  # blank where a signal did not run
+    return Leaderboard(table, summarize(table), result, method)
+
+
+def _row(signal: BenchmarkSignal, pipeline: str, rejected, result: RunResult | None, labels, weighted) -> dict:
+    row = {"dataset": signal.dataset, "pipeline": pipeline, "signal": signal.name}
+    if signal.name in rejected:
+        return {**row, "status": ERROR, "reason": rejected[signal.name]}
+    finished = result.signals.get(signal.name) if result is not None else None
+    if finished is None:
+        return {**row, "status": PENDING, "reason": "windows still pending: run the same command again"}
+    row.update(status=OK, windows=finished.n_windows, failed_windows=len(finished.failed_windows))
+    if signal.name not in labels:
+        return {**row, "reason": "not in the labels file: not scored"}
+    tp, fp, fn = confusion(labels[signal.name], finished.anomalies, weighted)
+    return {**row, **scores(tp, fp, fn), "reason": ""}
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset and ``ALL``: how many signals ran, errored, are pending; windows; and the
+    scores of the summed confusion matrices of its scored signals."""
+    rows = []
+    for dataset, group in [*table.groupby("dataset", sort=True), ("ALL", table)]:
+        scored = group.dropna(subset=["tp"])
+        totals = scored[["tp", "fp", "fn"]].sum()
+        rows.append(
+            {
+                "dataset": dataset,
+                "signals": len(group),
+                "scored": len(scored),
+                "errors": int((group["status"] == ERROR).sum()),
+                "pending": int((group["status"] == PENDING).sum()),
+                "windows": int(group["windows"].fillna(0).sum()),
+                "failed_windows": int(group["failed_windows"].fillna(0).sum()),
+                **(scores(totals["tp"], totals["fp"], totals["fn"]) if len(scored) else dict.fromkeys(SCORE_COLUMNS)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def plot_leaderboard(board: Leaderboard, path: str) -> str:
+    """F1, precision and recall per dataset (left) and F1 per signal (right); ``ERROR`` and
+    ``PENDING`` signals are named with their status instead of a bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    signals = board.signals
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(12, max(3.0, 0.3 * len(signals) + 1.5)), gridspec_kw={"width_ratios": [1, 2]}
+    )
+    datasets = board.datasets.fillna(0.0)
+    width = 0.25
+    for i, name in enumerate(["f1", "precision", "recall"]):
+        left.bar([x + (i - 1) * width for x in range(len(datasets))], datasets[name], width, label=name)
+    left.set_xticks(range(len(datasets)), datasets["dataset"], rotation=30, ha="right")
+    left.set_ylim(0, 1)
+    left.set_title(f"per dataset ({board.method})")
+    left.legend()
+    labels = [s if st == OK else f"{s} ({st})" for s, st in zip(signals["signal"], signals["status"])]
+    right.barh(range(len(signals)), signals["f1"].fillna(0.0), color="tab:blue")
+    right.set_yticks(range(len(signals)), labels, fontsize=8)
+    right.invert_yaxis()
+    right.set_xlim(0, 1)
+    right.set_title("F1 per signal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""`sigray benchmark`: every signal on the leaderboard, the runnable ones run, resumable per window.
+
+Real NAB signals (tests/data/nab_orion: 9 of its 13 are too short for mistral_detector's
+6-hour windows), the deterministic test-double engine, Orion's labels and scores.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+
+import pandas as pd
+import pytest
+
+import sigray
+import sigray.runner
+from sigray.benchmark import ERROR, OK, PENDING, benchmark
+from sigray.cli import main as cli
+from sigray.evaluate import evaluate, load_labels
+from tests.conftest import NAB
+
+LABELS = os.path.join(NAB, "anomalies.csv")
+RUN = ["--engine", "test-double", "--batch-size", "64", "--flush-interval", "0.5"]
+CPU = "cpu_utilization_asg_misconfiguration"
+SHORT = "art_daily_no_noise"
+
+
+def _folder(tmp_path, *names: str) -> str:
+    """A dataset folder of NAB signals with Orion's labels file beside them (not a signal)."""
+    folder = tmp_path / "nab"
+    folder.mkdir()
+    for name in names:
+        shutil.copy(os.path.join(NAB, f"{name}.csv"), folder)
+    shutil.copy(LABELS, folder)
+    return str(folder)
+
+
+def test_every_signal_has_a_row_the_runnable_ones_are_scored_and_a_rerun_computes_nothing(
+    ray_session, tmp_path, capsys, monkeypatch
+):
+    store, out = str(tmp_path / "store"), str(tmp_path / "board")
+    command = ["benchmark", NAB, "--labels", LABELS, "--store", store, "-o", out, *RUN]
+    assert cli(command) == 0
+    err = capsys.readouterr().err
+    assert "9 of 13 signal(s) not run" in err and "too short for one window" in err
+
+    board = pd.read_csv(os.path.join(out, "leaderboard.csv"))
+    signals = sorted(f[:-4] for f in os.listdir(NAB) if f.endswith(".csv") and not f.startswith("anomalies"))
+    assert sorted(board["signal"]) == signals  # the labels files are no signals; no signal is dropped
+    assert (board["dataset"] == "nab_orion").all() and (board["pipeline"] == "mistral_detector").all()
+    errors, scored = board[board["status"] == ERROR], board[board["status"] == OK]
+    assert len(errors) == 9 and errors["reason"].str.contains("too short for one window").all()
+    assert errors["f1"].isna().all() and errors["windows"].isna().all()
+    assert len(scored) == 4 and (scored["windows"] > 0).all() and (scored["failed_windows"] == 0).all()
+
+    # The same scores as `sigray evaluate` of the store (Orion's weighted contextual metrics).
+    anomalies = sigray.open(store).results().anomalies
+    expected = evaluate(anomalies, load_labels(LABELS)).query("method == 'weighted' and signal != 'ALL'")
+    merged = scored.merge(expected, on="signal", suffixes=("", "_evaluate"))
+    assert len(merged) == 4
+    for column in ("precision", "recall", "f1", "tp", "fp", "fn"):
+        assert merged[column].to_numpy() == pytest.approx(merged[f"{column}_evaluate"].to_numpy())
+
+    datasets = pd.read_csv(os.path.join(out, "datasets.csv")).set_index("dataset")
+    assert datasets.loc["ALL", "signals"] == 13 and datasets.loc["ALL", "errors"] == 9
+    assert datasets.loc["ALL", "tp"] == pytest.approx(scored["tp"].sum())
+    assert datasets.loc["ALL", "windows"] == scored["windows"].sum()
+    assert os.path.getsize(os.path.join(out, "leaderboard.png")) > 10_000
+
+    # Again: every window and every result is in the store; no engine, no Ray, the same leaderboard.
+    monkeypatch.setattr(sigray.runner, "_ensure_ray", lambda options: pytest.fail("a finished benchmark started Ray"))
+    assert cli(command) == 0
+    pd.testing.assert_frame_equal(pd.read_csv(os.path.join(out, "leaderboard.csv")), board)
+
+
+def test_a_stopped_benchmark_lists_its_unfinished_signals_and_a_rerun_finishes_them(ray_session, tmp_path):
+    folder = _folder(tmp_path, CPU, SHORT)
+    store = str(tmp_path / "store")
+    settings = {"engine": "test-double", "batch_size": 16, "flush_interval_s": 0.5}
+
+    stopped = benchmark([folder], store, LABELS, deadline_s=0, **settings)
+    assert stopped.stopped and not stopped.complete
+    status = dict(zip(stopped.signals["signal"], stopped.signals["status"]))
+    assert status == {CPU: PENDING, SHORT: ERROR}  # never dropped, never looking scored
+    assert stopped.datasets.set_index("dataset").loc["ALL", "pending"] == 1
+
+    finished = benchmark([folder], store, LABELS, **settings)
+    assert finished.complete and not finished.stopped
+    row = finished.signals.set_index("signal").loc[CPU]
+    assert row["status"] == OK and row["f1"] > 0
+    assert finished.result.resumed_windows + finished.result.computed_windows == row["windows"]
+
+
+def test_a_signal_fixed_after_an_error_runs_on_the_rerun(ray_session, tmp_path):
+    """Orion's resume keeps an error row forever; here the fixed file is read again."""
+    folder = _folder(tmp_path, CPU)
+    short = os.path.join(folder, "pump.csv")
+    pd.read_csv(os.path.join(NAB, f"{CPU}.csv")).head(50).to_csv(short, index=False)
+    store = str(tmp_path / "store")
+    settings = {"engine": "test-double", "batch_size": 64}
+
+    first = benchmark([folder], store, LABELS, **settings).signals.set_index("signal")
+    assert first.loc["pump", "status"] == ERROR and first.loc[CPU, "status"] == OK
+
+    shutil.copy(os.path.join(NAB, f"{CPU}.csv"), short)  # the fix: the whole signal
+    second = benchmark([folder], store, LABELS, **settings)
+    rows = second.signals.set_index("signal")
+    assert rows.loc["pump", "status"] == OK and rows.loc["pump", "reason"] == "not in the labels file: not scored"
+    assert second.result.computed_windows == 0  # the same windows as the CPU signal's: answered once
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        ("no_labels", "labels file"),
+        ("empty_folder", "no signal CSV files"),
+        ("same_name", "two signals are named"),
+        ("bad_method", "invalid choice"),
+    ],
+)
+def test_bad_benchmark_input_is_refused_before_anything_is_written(
+    tmp_path, capsys, ray_must_not_start, change, expected
+):
+    folder, store, out = _folder(tmp_path, CPU), str(tmp_path / "store"), str(tmp_path / "board")
+    labels, paths, extra = LABELS, [folder], []
+    if change == "no_labels":
+        labels = str(tmp_path / "missing.csv")
+    elif change == "empty_folder":
+        paths = [str(tmp_path / "empty")]
+        os.mkdir(paths[0])
+    elif change == "same_name":
+        paths.append(os.path.join(NAB, f"{CPU}.csv"))
+    else:
+        extra = ["--method", "f1"]
+    with pytest.raises(SystemExit) if change == "bad_method" else contextlib.nullcontext():
+        assert cli(["benchmark", *paths, "--labels", labels, "--store", store, "-o", out, *RUN, *extra]) == 2
+    assert expected in capsys.readouterr().err
+    assert not os.path.exists(store)

@@ -1,7 +1,8 @@
 """The driver side of a run: open the store, start the actors, supervise, post-process.
 
 The store is prepared first (``sigray.prepare``: lease, create or check, repair, register
-signals); post-processing saves each signal's result in the run's result set.
+signals); post-processing (``sigray.postprocess``) saves each signal's result in the run's
+result set as soon as its windows are saved, between the supervisor's checks.
 
 The driver is the supervisor. A worker that dies (its process, its node) is reported
 to the coordinator, which requeues its windows uncharged, and is replaced. A worker
@@ -12,7 +13,6 @@ state that the store does not: killing it and running the same command resumes.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import time
@@ -28,13 +28,13 @@ from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
 from sigray.errors import SigrayError
 from sigray.messages import Progress
-from sigray.pipelines.sigllm_pipeline import settings_changes
 from sigray.plan import RunPlan
+from sigray.postprocess import Detections, SignalResult
 from sigray.prepare import prepare_store
 from sigray.rate_limit import Schedule
 from sigray.stopping import StopRequested, init_ray_keeping_stop
 from sigray.storage import client_env
-from sigray.store import DONE, FAILED, PENDING, RunStore, SignalEntry, result_sets
+from sigray.store import FAILED, PENDING
 from sigray.store.result_sets import ResultSetInfo
 from sigray.worker import RECONNECT_S, Worker, WorkerSettings
 
@@ -52,19 +52,6 @@ def _worker_env(engine_options: dict) -> dict[str, str]:
     if variable and variable in os.environ:
         env[variable] = os.environ[variable]
     return env
-
-
-@dataclass
-class SignalResult:
-    """One signal's anomalies in sigllm's shape, and what could not be computed."""
-
-    name: str
-    anomalies: pd.DataFrame  # start, end, severity
-    failed_windows: list[int]  # positions within the signal left without an answer
-    n_windows: int
-    forecast: np.ndarray | None = None
-    forecast_index: np.ndarray | None = None
-    failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,18 +122,21 @@ def execute(
                 result.signal_windows = sum(e.n_windows for e in prepared.entries)
                 result.added_windows = prepared.added_windows
                 result.resumed_windows = int(np.count_nonzero(status[rows] != PENDING))
+                detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
                 if compute and result.resumed_windows < len(rows):
-                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {})
+                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections)
                 result.failed_windows = int(np.count_nonzero(store.read_state()[0][rows] == FAILED))
                 if not result.stopped:
-                    _postprocess(plan, store, prepared.entries, result, stop, kept)
+                    detections.finish(stop)
         finally:
             store_lease.release(store.storage, owner)
     result.elapsed_s = time.monotonic() - started
     return result
 
 
-def _compute(plan, model_path, prepared, result, on_progress, stop: StopRequested, ray_options) -> None:
+def _compute(
+    plan, model_path, prepared, result, on_progress, stop: StopRequested, ray_options, detections: Detections
+) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -214,7 +204,7 @@ def _compute(plan, model_path, prepared, result, on_progress, stop: StopRequeste
         coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s, config.load_timeout_s
     )
     try:
-        final = supervisor.supervise(stop, on_progress)
+        final = supervisor.supervise(stop, on_progress, between_checks=detections.during_run)
     finally:
         supervisor.shutdown()
         if schedule is not None:
@@ -273,7 +263,9 @@ class _Supervisor:
         self.loading[worker.load.remote()] = worker_id
         self.runs[worker.run.remote()] = worker_id
 
-    def supervise(self, stop: StopRequested, on_progress) -> Progress:
+    def supervise(self, stop: StopRequested, on_progress, between_checks: Callable[[], None]) -> Progress:
+        """Until every window is settled and saved, or a stop; ``between_checks`` runs after each
+        second's checks (post-processing the signals that finished)."""
         import ray
 
         finished = self.coordinator.wait_finished.remote()
@@ -301,6 +293,7 @@ class _Supervisor:
             progress = self._ask(self.coordinator.progress.remote(), None)
             if progress is not None and on_progress is not None:
                 on_progress(progress)
+            between_checks()
 
     def _check_saved(self) -> None:
         """A run that ended (every window answered, or a stop) still failed if its last flush did:
@@ -439,89 +432,3 @@ def _ensure_ray(options: dict) -> None:
         init_ray_keeping_stop(lambda: ray.init(address="auto", **options))
     else:
         init_ray_keeping_stop(lambda: ray.init(include_dashboard=False, **options))
-
-
-def _postprocess(
-    plan: RunPlan,
-    store: RunStore,
-    entries: list[SignalEntry],
-    result: RunResult,
-    stop: StopRequested,
-    kept: store_lease.KeptLease,
-) -> None:
-    """sigllm's post-processing per signal on the stored answers, saved in the run's result set.
-
-    A signal whose result for this setting (and its data) is saved already is read, not
-    computed again; one whose windows are not all settled is left ``missing``. A stop request
-    (SIGTERM, deadline) ends it between two signals: what is saved stays. Every write is
-    fenced by the lease. The set is listed (its metadata written) once it holds a result, so a
-    setting that fails leaves no empty set behind.
-    """
-    previous = result_sets.find_set(store.group, None)
-    sid = result_sets.set_id(plan.detection_fingerprint)
-    status, _ = store.read_state()
-    reasons = None
-    for signal_plan, entry in zip(plan.plans, entries):
-        if stop.requested:
-            result.stopped = True
-            return
-        rows = store.signal_rows(entry)
-        settled = status[rows]
-        if (settled == PENDING).any():
-            result.missing.append(entry.name)
-            continue
-        failed = np.flatnonzero(settled == FAILED)
-        counts = {}
-        if failed.size:
-            reasons = store.read_reasons() if reasons is None else reasons
-            counts = dict(collections.Counter(str(reasons[r]) for r in rows[failed].tolist()))
-        saved = result_sets.read_result(store.group, sid, entry)
-        if saved is None:
-            saved = _detect(plan.pipeline, signal_plan, store, rows, settled)
-            kept.check()
-            result_sets.write_result(store.group, sid, entry, saved)
-        else:
-            result.reused_results += 1
-        if result.result_set is None:
-            kept.check()
-            name = plan.pipeline.detection_name()
-            result.result_set = result_sets.ensure_set(store.group, plan.detection_fingerprint, name, plan.detection)
-        result.signals[entry.name] = SignalResult(
-            name=entry.name,
-            anomalies=pd.DataFrame({"start": saved["start"], "end": saved["end"], "severity": saved["severity"]}),
-            failed_windows=failed.tolist(),
-            n_windows=entry.n_windows,
-            forecast=saved.get("forecast"),
-            forecast_index=saved.get("forecast_index"),
-            failure_reasons=counts,
-        )
-    if previous is not None and result.result_set is not None and previous.id != result.result_set.id:
-        result.detection_changes = settings_changes(previous.detection, plan.detection)
-
-
-def _detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np.ndarray) -> dict[str, np.ndarray]:
-    """One signal's post-processing; the arrays its result set saves. sigllm's own errors (its
-    post-processing on answers it cannot use) end the run with one line naming the signal."""
-    first, last = int(rows.min()), int(rows.max()) + 1
-    answers = store.read_answers(first, last)
-    per_window = [
-        [str(text) for text in answers[row - first]] if state == DONE else None
-        for row, state in zip(rows.tolist(), settled.tolist())
-    ]
-    try:
-        detection = pipeline.postprocess(signal_plan, per_window)
-    except Exception as exc:  # noqa: BLE001 - sigllm's and Orion's code: any error, named, not a traceback
-        raise SigrayError(
-            f"post-processing signal {signal_plan.signal.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
-            f"{exc}); its answers are saved: change the detection settings and run `sigray detect`."
-        ) from exc
-    arrays = {
-        "start": np.asarray(detection.anomalies["start"]),
-        "end": np.asarray(detection.anomalies["end"]),
-        "severity": np.asarray(detection.anomalies["severity"], dtype="float64"),
-        "failed_windows": np.asarray(detection.failed_windows, dtype="int64"),
-    }
-    if detection.forecast is not None:
-        arrays["forecast"] = np.asarray(detection.forecast, dtype="float64")
-        arrays["forecast_index"] = np.asarray(detection.forecast_index)
-    return arrays

@@ -1,0 +1,58 @@
+"""Each signal is post-processed as soon as its windows are saved, while the others still run
+(issue 16.3): `sigray results` shows it during the run, and a crash loses none of it."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pandas as pd
+
+import sigray
+from sigray.store import PENDING, RunStore
+from tests.conftest import nab_signal
+from tests.processes import kill_session, reap_orphans, start_cli, wait_until_no_writer
+
+FIRST, SECOND = "cpu_utilization_asg_misconfiguration", "ambient_temperature_system_failure"  # 111 then 1,175 windows
+SETTINGS = ["--engine", "test-double", "--batch-size", "8", "--flush-interval", "0.5"]
+
+
+def _first_result_while_running(store: str, process) -> sigray.reader.Results:
+    """Poll the store as a user would until it shows a result; the run must still be live then."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before any signal's result was seen"
+        try:
+            results = sigray.open(store).results()
+        except sigray.StoreError:
+            results = None  # not created yet
+        if results is not None and results.anomalies:
+            return results
+        time.sleep(0.2)  # polling interval of an observer, not a race fix
+    raise AssertionError("no signal's result appeared during the run")
+
+
+def test_a_signal_is_post_processed_while_the_others_run_and_a_crash_keeps_it(ray_session, tmp_path, short_tmp):
+    store = str(tmp_path / "run")
+    signals = [nab_signal(FIRST), nab_signal(SECOND)]
+    # 0.1 s per batch of 8: the second signal takes about 15 s after the first is done.
+    command = ["run", *signals, "--store", store, *SETTINGS, "--engine-option", "delay_s=0.1"]
+    ray_tmp = os.path.join(short_tmp, "streaming")
+    run = start_cli(command, ray_tmp)
+    try:
+        during = _first_result_while_running(store, run)
+        status, _ = RunStore.open(store, read_only=True).read_state()
+    finally:
+        kill_session(run)  # a crash, right after the first signal's result was saved
+        reap_orphans(ray_tmp)
+    assert list(during.anomalies) == [FIRST] and during.missing == [SECOND]
+    assert (status == PENDING).any()  # the second signal was still running when the first had its result
+
+    wait_until_no_writer(store)
+    rerun = sigray.run(signals, store, engine="test-double", batch_size=64)
+    assert rerun.complete and rerun.reused_results == 1  # the first signal's result survived the crash
+    reference = sigray.run(signals, str(tmp_path / "reference"), engine="test-double", batch_size=64)
+    for name in (FIRST, SECOND):
+        pd.testing.assert_frame_equal(rerun.anomalies[name], reference.anomalies[name])
+    assert np.array_equal(during.anomalies[FIRST]["start"], reference.anomalies[FIRST]["start"])

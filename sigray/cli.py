@@ -305,6 +305,7 @@ def _result_json(result) -> dict:
         "failed": result.failed_windows,
         "retries": result.retries,
         "elapsed_s": round(result.elapsed_s, 3),
+        "timings": result.timings,
         "result_set": None
         if result.result_set is None
         else {"id": result.result_set.id, "name": result.result_set.name},

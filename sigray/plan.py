@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ class RunPlan:
     detection: dict
     detection_fingerprint: str
     normal: Signal | None = None
+    planning_s: float = 0.0  # how long make_plan took (reading and preprocessing the signals)
 
     def samplings(self, signal_plan: PlannedSignal, constrained: bool | None = None) -> list[Sampling]:
         """Each window's sampling (its own token budget and, when constrained, regex), as workers ask."""
@@ -187,6 +189,7 @@ def make_plan(
     ConfigError (unknown pipeline, bad parameters) before anything is written or started;
     odd but usable data is a ``SigrayWarning``.
     """
+    started = time.perf_counter()
     pipeline = make_pipeline(config, base_spec)
     signals = _load(sources, config.timestamp_unit, rejected)
     if normal is None and config.normal:
@@ -225,4 +228,5 @@ def make_plan(
         detection=detection,
         detection_fingerprint=fingerprint(detection),
         normal=normal,
+        planning_s=time.perf_counter() - started,
     )

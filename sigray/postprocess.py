@@ -7,12 +7,19 @@ crash loses no finished post-processing; the rest at the run's end (``finish``).
 whose result for this setting (and its data) is saved already is read, not computed again.
 Every write is fenced by the lease; results live in their own arrays (``results/<set>/``),
 apart from the windows the coordinator writes.
+
+When the run has Ray up, each signal's post-processing (sigllm's preprocessing again, then
+its post-processing on the answers read from the store) is a Ray task over the cluster's free
+CPUs; the driver only saves what the tasks return: the store keeps one writer (issue 16.2).
+Without Ray (``sigray detect``, a run with nothing to generate) it runs in the driver.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,6 +38,9 @@ if TYPE_CHECKING:
     from sigray.runner import RunResult
 
 log = logging.getLogger(__name__)
+# Signals left at the end from which post-processing goes to Ray tasks: a task's first use of a
+# Ray worker process imports sigllm and Orion (seconds), so fewer are done faster in the driver.
+TASKS_FROM = 8
 
 
 @dataclass
@@ -63,17 +73,17 @@ class Detections:
         self.previous = result_sets.find_set(store.group, None)
         self.sid = result_sets.set_id(plan.detection_fingerprint)
         self._next_check = 0.0
+        self._tasks: dict = {}  # Ray task -> (signal plan, entry, rows, settled), at the end of a run
         self._failed_during_run: set[str] = set()  # tried again, and then raised, at the end
 
     def during_run(self, budget_s: float = 1.0) -> None:
-        """Post-process signals the store now holds settled, for about ``budget_s`` at most
-        (the supervisor's checks wait meanwhile); again at once while any is left, else after
-        ``check_every_s`` (a flush interval: the store changes no faster)."""
+        """Post-process signals the store now holds settled, here, for about ``budget_s`` at
+        most (the supervisor's checks wait meanwhile); again at once while any is left, else
+        after ``check_every_s`` (a flush interval: the store changes no faster)."""
         now = time.monotonic()
         if now < self._next_check:
             return
         status, _ = self.store.read_state()
-        reasons = None
         for signal_plan, entry in self._left():
             if entry.name in self._failed_during_run:
                 continue
@@ -84,7 +94,7 @@ class Detections:
             if time.monotonic() - now > budget_s:
                 return  # more to do: the next call goes on
             try:
-                reasons = self._add(signal_plan, entry, rows, settled, reasons)
+                self._start(signal_plan, entry, rows, settled, in_task=False)
             except SigrayError as exc:  # sigllm failed on this signal: the windows go on, the end says it
                 self._failed_during_run.add(entry.name)
                 log.warning("%s (tried again at the end of the run)", exc)
@@ -93,18 +103,25 @@ class Detections:
     def finish(self, stop: StopRequested) -> None:
         """Every signal not done yet; one with windows still pending is left ``missing``. A stop
         request (SIGTERM, deadline) ends it between two signals: what is saved stays."""
+        ray = sys.modules.get("ray")  # up only when this run generated windows (never imported for it)
         status, _ = self.store.read_state()
-        reasons = None
-        for signal_plan, entry in self._left():
+        left = self._left()
+        in_tasks = ray is not None and ray.is_initialized() and len(left) >= TASKS_FROM
+        for signal_plan, entry in left:
             if stop.requested:
-                self.result.stopped = True
-                return
+                break
             rows = self.store.signal_rows(entry)
             settled = status[rows]
             if (settled == PENDING).any():
                 self.result.missing.append(entry.name)
-                continue
-            reasons = self._add(signal_plan, entry, rows, settled, reasons)
+            else:
+                self._start(signal_plan, entry, rows, settled, in_task=in_tasks)
+        while self._tasks or stop.requested:
+            if stop.requested:
+                self._cancel()
+                self.result.stopped = True
+                return
+            self._collect(timeout_s=1.0)
         order = {entry.name: i for i, entry in enumerate(self.entries)}
         self.result.signals = dict(sorted(self.result.signals.items(), key=lambda item: order[item[0]]))
         if self.previous is not None and self.result.result_set is not None:
@@ -112,40 +129,97 @@ class Detections:
                 self.result.detection_changes = settings_changes(self.previous.detection, self.plan.detection)
 
     def _left(self):
+        """Signals without a result yet and none on the way."""
+        busy = {task[1].name for task in self._tasks.values()}
         done = self.result.signals
-        return [(p, e) for p, e in zip(self.plan.plans, self.entries) if e.name not in done]
+        return [(p, e) for p, e in zip(self.plan.plans, self.entries) if e.name not in done and e.name not in busy]
 
-    def _add(self, signal_plan: PlannedSignal, entry: SignalEntry, rows, settled, reasons):
-        """Read or compute and save one settled signal's result; the set is listed (its
-        metadata written) once it holds a result, so a setting that fails leaves no empty set."""
-        failed = np.flatnonzero(settled == FAILED)
-        counts = {}
-        if failed.size:
-            reasons = self.store.read_reasons() if reasons is None else reasons
-            counts = dict(collections.Counter(str(reasons[r]) for r in rows[failed].tolist()))
+    def _start(self, signal_plan: PlannedSignal, entry: SignalEntry, rows, settled, in_task: bool) -> None:
+        """A saved result is read at once; else a Ray task computes it, or the driver does."""
         saved = result_sets.read_result(self.store.group, self.sid, entry)
-        if saved is None:
-            saved = detect(self.plan.pipeline, signal_plan, self.store, rows, settled)
-            self.kept.check()
-            result_sets.write_result(self.store.group, self.sid, entry, saved)
-        else:
+        if saved is not None:
             self.result.reused_results += 1
+            self._save(entry, rows, settled, saved, computed=False)
+        elif in_task:
+            signal, normal = signal_plan.signal, self.plan.normal
+            task = _detect_task().remote(self.plan.pipeline, signal, normal, self.store.path, rows, settled)
+            self._tasks[task] = (signal_plan, entry, rows, settled)
+        else:
+            self._save(entry, rows, settled, detect(self.plan.pipeline, signal_plan, self.store, rows, settled))
+
+    def _collect(self, timeout_s: float) -> None:
+        """Save the results of finished tasks; a failure (sigllm's, naming the signal) stops the run."""
+        import ray
+
+        ready, _ = ray.wait(list(self._tasks), num_returns=len(self._tasks), timeout=timeout_s)
+        for task in ready:
+            signal_plan, entry, rows, settled = self._tasks.pop(task)
+            try:
+                outcome = ray.get(task)
+            except ray.exceptions.RayError as exc:  # the task's process died, or the store could not be read
+                self._cancel()
+                problem = str(exc).strip().splitlines()[-1]
+                raise SigrayError(f"post-processing signal {entry.name!r} failed in a Ray task: {problem}") from exc
+            if isinstance(outcome, str):
+                self._cancel()
+                raise SigrayError(outcome)
+            self._save(entry, rows, settled, outcome)
+
+    def _cancel(self) -> None:
+        import ray
+
+        for task in self._tasks:
+            ray.cancel(task, force=True)
+        self._tasks.clear()
+
+    def _save(self, entry: SignalEntry, rows, settled, arrays: dict[str, np.ndarray], computed: bool = True) -> None:
+        """Keep one signal's result (saved first when computed here); the set is listed (its
+        metadata written) once it holds a result, so a setting that fails leaves no empty set."""
+        if computed:
+            self.kept.check()
+            result_sets.write_result(self.store.group, self.sid, entry, arrays)
         if self.result.result_set is None:
             self.kept.check()
             name = self.plan.pipeline.detection_name()
             self.result.result_set = result_sets.ensure_set(
                 self.store.group, self.plan.detection_fingerprint, name, self.plan.detection
             )
+        failed = np.flatnonzero(settled == FAILED)
+        counts = {}
+        if failed.size:
+            reasons = self.store.read_reasons(int(rows.min()), int(rows.max()) + 1)
+            counts = dict(collections.Counter(str(reasons[r - rows.min()]) for r in rows[failed].tolist()))
         self.result.signals[entry.name] = SignalResult(
             name=entry.name,
-            anomalies=pd.DataFrame({"start": saved["start"], "end": saved["end"], "severity": saved["severity"]}),
+            anomalies=pd.DataFrame({"start": arrays["start"], "end": arrays["end"], "severity": arrays["severity"]}),
             failed_windows=failed.tolist(),
             n_windows=entry.n_windows,
-            forecast=saved.get("forecast"),
-            forecast_index=saved.get("forecast_index"),
+            forecast=arrays.get("forecast"),
+            forecast_index=arrays.get("forecast_index"),
             failure_reasons=counts,
         )
-        return reasons
+
+
+@functools.cache
+def _detect_task():
+    """The Ray task (made once per process, when Ray is up: importing this module needs no Ray)."""
+    import ray
+
+    from sigray.storage import client_env
+
+    @ray.remote(num_cpus=1, max_retries=3, runtime_env={"env_vars": client_env()})
+    def detect_signal(pipeline, signal, normal, store_path: str, rows: np.ndarray, settled: np.ndarray):
+        """One signal's result arrays, or why sigllm failed on it (a str: raised by the driver)."""
+        from sigray.pipelines.sigllm_env import use_sigllm_registry
+
+        use_sigllm_registry()  # as the driver's pipeline did when it was made (this one was unpickled)
+        signal_plan = pipeline.plan(signal, normal)
+        try:
+            return detect(pipeline, signal_plan, RunStore.open(store_path, read_only=True), rows, settled)
+        except SigrayError as exc:
+            return str(exc)
+
+    return detect_signal
 
 
 def detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np.ndarray) -> dict[str, np.ndarray]:

@@ -80,6 +80,9 @@ class RunResult:
     result_set: ResultSetInfo | None = None
     detection_changes: list[tuple[str, object, object]] = field(default_factory=list)  # vs the last set used
     reused_results: int = 0  # signals whose result for this setting was already saved
+    # Seconds per phase: planning, preparing the store, windows (engines' start included;
+    # post-processing of signals that finished meanwhile overlaps it), post-processing after.
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def anomalies(self) -> dict[str, pd.DataFrame]:
@@ -111,6 +114,7 @@ def execute(
         owner = uuid.uuid4().hex
         prepared = prepare_store(plan, owner, new=new)
         store = prepared.store
+        timings = {"planning_s": plan.planning_s, "preparing_s": time.monotonic() - started}
         try:
             with store_lease.KeptLease(store.storage, prepared.lease, config.store_lease_s) as kept:
                 for note in prepared.notes:
@@ -123,11 +127,16 @@ def execute(
                 result.added_windows = prepared.added_windows
                 result.resumed_windows = int(np.count_nonzero(status[rows] != PENDING))
                 detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
+                phase = time.monotonic()
                 if compute and result.resumed_windows < len(rows):
                     _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections)
+                timings["windows_s"] = time.monotonic() - phase
                 result.failed_windows = int(np.count_nonzero(store.read_state()[0][rows] == FAILED))
+                phase = time.monotonic()
                 if not result.stopped:
                     detections.finish(stop)
+                timings["post_processing_s"] = time.monotonic() - phase
+                result.timings = {name: round(seconds, 3) for name, seconds in timings.items()}
         finally:
             store_lease.release(store.storage, owner)
     result.elapsed_s = time.monotonic() - started

@@ -56,3 +56,28 @@ def test_a_signal_is_post_processed_while_the_others_run_and_a_crash_keeps_it(ra
     for name in (FIRST, SECOND):
         pd.testing.assert_frame_equal(rerun.anomalies[name], reference.anomalies[name])
     assert np.array_equal(during.anomalies[FIRST]["start"], reference.anomalies[FIRST]["start"])
+
+
+def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, monkeypatch):
+    """Many signals left at a run's end go to Ray tasks (``TASKS_FROM``); the driver only saves."""
+    from sigray import postprocess
+
+    signals = [nab_signal(name) for name in (FIRST, "nyc_taxi", "machine_temperature_system_failure")]
+    in_driver = []
+    driver_detect = postprocess.detect
+    monkeypatch.setattr(postprocess, "detect", lambda *args: in_driver.append(1) or driver_detect(*args))
+    monkeypatch.setattr(postprocess.Detections, "during_run", lambda self: None)  # everything left to the end
+
+    monkeypatch.setattr(postprocess, "TASKS_FROM", 1)
+    tasks = sigray.run(signals, str(tmp_path / "tasks"), engine="test-double", batch_size=64)
+    assert in_driver == []
+    monkeypatch.setattr(postprocess, "TASKS_FROM", 10**9)
+    driver = sigray.run(signals, str(tmp_path / "driver"), engine="test-double", batch_size=64)
+    assert len(in_driver) == len(signals)
+
+    assert list(tasks.signals) == list(driver.signals)  # in the run's order, whichever task ended first
+    for name, result in tasks.signals.items():
+        pd.testing.assert_frame_equal(result.anomalies, driver.signals[name].anomalies)
+        assert np.array_equal(result.forecast, driver.signals[name].forecast, equal_nan=True)
+    reopened = sigray.open(str(tmp_path / "tasks")).results()
+    assert reopened.complete and set(reopened.anomalies) == set(tasks.signals)

@@ -14,6 +14,7 @@ import warnings
 from sigray.errors import ConfigError, InputError, SigrayError, SigrayWarning
 
 EXIT_ERROR = 1
+_FIND_ANOMALIES = "orion.primitives.timeseries_anomalies.find_anomalies#1"
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3  # results, evaluate, plot, detect: some signals have no results yet (named on stderr)
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped on purpose, run the same command to resume
@@ -565,7 +566,7 @@ def _key_values(items: list[str]) -> dict:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"sigray: error: expected key=value, got {item!r}")
+            raise ConfigError(f"expected key=value, got {item!r}.")
         try:
             parsed[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -579,7 +580,9 @@ def _pipeline_params(items: list[str]) -> dict:
     for key, value in _key_values(items).items():
         block, _, name = key.rpartition(".")
         if not block:
-            raise SystemExit(f"sigray: error: --param needs block.param=value, got {key!r}")
+            raise ConfigError(
+                f"--param needs block.param=value (e.g. {_FIND_ANOMALIES}.window_size_portion=0.5), got {key!r}."
+            )
         params.setdefault(block, {})[name] = value
     return params
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
 
-from sigray.errors import InputError
+from sigray.errors import InputError, SigrayWarning
 
 _SET_COLOURS = ("tab:red", "tab:purple", "tab:orange", "tab:brown")
 _LATEST_DATE_S = 9.2e9  # pandas' datetime64[ns] ends in 2262
@@ -33,7 +34,12 @@ def plot_signal(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.backend_bases import FigureCanvasBase
 
+    suffix = os.path.splitext(out_path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if suffix not in formats:
+        raise InputError(f"cannot draw {out_path}: name a picture file ending in .{', .'.join(sorted(formats))}.")
     times = np.asarray(signal["timestamp"], dtype="float64")
     as_dates = times.size > 0 and np.abs(times).max() < _LATEST_DATE_S
 
@@ -113,6 +119,12 @@ def plot_from_store(
             forecast = (saved.forecast, saved.forecast_index)
     known = None
     if labels is not None:
+        if name not in labels:
+            warnings.warn(
+                f"the labels name no signal {name!r} (they name {', '.join(sorted(labels)[:5])}...): none drawn.",
+                SigrayWarning,
+                stacklevel=2,
+            )
         known = pd.DataFrame(labels.get(name, []), columns=["start", "end"])
     path = plot_signal(
         data,

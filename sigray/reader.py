@@ -57,6 +57,7 @@ class Results:
     missing: list[str]  # signals without one yet: the run has not finished them
     failed_windows: dict[str, int]  # per signal with a result: windows left out of it
     answered: list[str] = field(default_factory=list)  # of ``missing``, those whose windows are all settled
+    running: str | None = None  # who holds the store's lease now ("pid P on HOST"): a live run finishing them
 
     @property
     def complete(self) -> bool:
@@ -79,9 +80,13 @@ class Results:
             total = len(self.missing) + len(self.anomalies)
             pending = [name for name in self.missing if name not in self.answered]
             advice = []
-            if pending:
+            if self.running:
+                advice.append(
+                    f"a run is live on this store ({self.running}) and finishes them; `sigray status` shows how far"
+                )
+            elif pending:
                 advice.append(f"windows still pending ({_listed(pending)}): run the command that made them again")
-            if self.answered:
+            if self.answered and not self.running:
                 advice.append(
                     f"windows all answered ({_listed(self.answered)}): `sigray detect {self.store}` with this set's "
                     "--param post-processes them"
@@ -247,7 +252,9 @@ class StoreReader:
                 continue
             anomalies[name] = _events(saved)
             failed[name] = int(len(saved.get("failed_windows", [])))
-        return Results(self.path, chosen, anomalies, missing, failed, answered)
+        held = store_lease.read_lease(self.path) if missing else None
+        running = f"pid {held.pid} on {held.host}" if held is not None and held.alive(time.time()) else None
+        return Results(self.path, chosen, anomalies, missing, failed, answered, running)
 
     def signal(self, name: str) -> pd.DataFrame:
         """The signal as it was given: ``timestamp`` and ``value`` (multichannel: ``value_<k>``)."""

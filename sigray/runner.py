@@ -344,7 +344,7 @@ class _Supervisor:
         try:
             ray.get(ref)
             return  # it ran out of work: the run is finishing or stopping
-        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+        except ray.exceptions.RayError as exc:  # its process died, or its engine failed (EngineFailed)
             cause = self.killed.pop(worker_id, None) or _one_line(exc)
         if worker is not None:
             # Ray may declare an unresponsive (frozen) process dead while it still holds its

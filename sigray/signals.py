@@ -66,6 +66,12 @@ def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> n
         elif np.abs(seconds).max() > LATEST_SECONDS:
             raise InputError(_not_seconds(where, seconds))
         return _whole_if_possible(seconds)
+    numbers = pd.to_numeric(column, errors="coerce")
+    if numbers.notna().sum() > len(column) / 2:  # mostly Unix seconds: name the cells that are not
+        row = _first_bad_row(numbers.isna())
+        raise InputError(
+            f"{where}: 'timestamp' row {row} ({column.iloc[row - 2]!r}) is not a number, as the other timestamps are."
+        )
     parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
     if parsed.isna().any():
         row = _first_bad_row(parsed.isna())
@@ -163,7 +169,14 @@ def load_signal(path: str, name: str | None = None, unit: str | None = None) -> 
     if not os.path.exists(path):
         raise InputError(f"{path}: no such file.")
     try:
-        frame = pd.read_csv(path, skipinitialspace=True)
+        with warnings.catch_warnings():
+            # index_col=False: rows with more fields than the header are an error, not an index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, skipinitialspace=True, index_col=False)
+    except pd.errors.ParserWarning:
+        raise InputError(
+            f"{path}: rows have more fields than the header names columns; fix the header or the rows."
+        ) from None
     except pd.errors.EmptyDataError:
         raise InputError(f"{path}: the file is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:

@@ -1,4 +1,4 @@
-"""SIGTERM as a request to stop gracefully, from the moment a run command starts.
+"""SIGTERM (and a first Ctrl-C) as a request to stop gracefully, from the moment a run command starts.
 
 SLURM's time limit, ``ray job stop`` and spot reclaims send SIGTERM at any moment, also while
 a run is still planning or connecting to Ray. ``ray.init`` replaces the process's SIGTERM
@@ -13,6 +13,7 @@ installs the handler, and all of them share its flag.
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +26,15 @@ _previous_handler = None
 def _on_term(signum, frame) -> None:
     global _signalled
     _signalled = True
+
+
+def _on_interrupt(signum, frame) -> None:
+    """Ctrl-C (or a notebook's stop button): the first is a graceful stop, as a TERM; a second quits at once."""
+    global _signalled
+    if _signalled:
+        raise KeyboardInterrupt
+    _signalled = True
+    sys.stderr.write("sigray: stopping: the batches in flight finish and are saved (Ctrl-C again quits at once).\n")
 
 
 def _main_thread() -> bool:
@@ -43,7 +53,7 @@ class StopRequested:
         if _depth == 0:
             _signalled = False
             # Signal handlers can be set only from the main thread; elsewhere a TERM keeps its default.
-            _previous_handler = signal.signal(signal.SIGTERM, _on_term) if _main_thread() else None
+            _previous_handler = _install() if _main_thread() else None
         _depth += 1
         return self
 
@@ -51,7 +61,8 @@ class StopRequested:
         global _depth
         _depth -= 1
         if _depth == 0 and _previous_handler is not None:
-            signal.signal(signal.SIGTERM, _previous_handler)
+            for signum, handler in _previous_handler.items():
+                signal.signal(signum, handler)
 
     @property
     def requested(self) -> bool:
@@ -69,4 +80,12 @@ def init_ray_keeping_stop(init: Callable[[], None]) -> None:
         _signalled = True  # Ray's handler caught a TERM while connecting
     finally:
         if _depth and _main_thread():
-            signal.signal(signal.SIGTERM, _on_term)
+            _install()
+
+
+def _install() -> dict:
+    """Our handlers for TERM and INT; returns those they replace."""
+    return {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _on_term),
+        signal.SIGINT: signal.signal(signal.SIGINT, _on_interrupt),
+    }

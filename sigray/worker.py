@@ -93,9 +93,9 @@ class Worker:
             self.engine = load_engine(self.settings.engine, self.settings.model, self.settings.engine_options)
             if self.settings.schedule is not None:
                 self.engine.share_schedule(self.settings.schedule.reserve.remote)  # its refs are awaitable
-        except BaseException as exc:
-            self.load_error = exc  # `run`, queued behind this call, ends with it
-            raise
+        except Exception as exc:  # noqa: BLE001 - any engine's error, made portable to the driver
+            self.load_error = _portable(exc)  # `run`, queued behind this call, ends with it
+            raise self.load_error from None
 
     def close(self) -> None:
         """Free the engine (its processes, its GPU memory) before the actor is killed."""
@@ -106,6 +106,12 @@ class Worker:
         """Serve batches until the run finishes or stops; returns windows answered."""
         if self.engine is None:
             raise self.load_error or RuntimeError("Worker.run before Worker.load")
+        try:
+            return self._serve()
+        except Exception as exc:  # noqa: BLE001 - any engine's error, made portable to the driver
+            raise _portable(exc) from None
+
+    def _serve(self) -> int:
         lease: Future | None = self._lease()
         in_flight: dict[Future, Batch] = {}  # in the order submitted
         while lease is not None or in_flight:
@@ -152,3 +158,16 @@ class Worker:
             BatchReport(batch.lease_id, self.worker_id, batch.windows, kept, values, reasons, final)
         )
         self.windows_done += len(batch.windows)
+
+
+class EngineFailed(RuntimeError):
+    """An engine's error as the driver receives it: a client library's exception (an HTTP
+    client's, which needs its request to be rebuilt) may not unpickle in another process."""
+
+
+def _portable(exc: Exception) -> Exception:
+    import ray
+
+    if isinstance(exc, (ray.exceptions.RayError, EngineFailed)):
+        return exc
+    return EngineFailed(f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,8 @@ import pytest
 from sigray.cli import main
 from tests.conftest import prepare_without_engine
 
+ROLLING = "mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1"
+AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
 GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i in range(20000))
 
 
@@ -29,6 +31,8 @@ GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i i
         ("negative_huge.csv", GOOD.replace(",5\n", ",-2e17\n", 1), "past int64's 9.22e+18"),
         ("nan_timestamp.csv", "timestamp,value\n1,2\n,3\n", "'timestamp' has empty cells (row 3)"),
         ("binary.csv", bytes(range(256)) * 20, "not a readable CSV file"),
+        ("text_timestamp.csv", GOOD.replace("1400001200,", "abc,", 1), "'timestamp' row 6 ('abc') is not a number"),
+        ("extra_field.csv", GOOD.replace("\n", ",7\n").replace(",7\n", "\n", 1), "more fields than the header"),
     ],
 )
 def test_bad_signal_files_are_refused_before_any_engine_starts(tmp_path, capsys, name, content, message):
@@ -104,6 +108,14 @@ def test_bad_settings_are_named_before_anything_is_written(tmp_path, capsys):
         (["--normal", str(signal)], "takes no normal reference signal"),
         (["--pipeline", "mistral_prompter_1shot"], "needs a normal reference signal"),
         (["--fix-error-units", "--pipeline", "mistral_detector_kmeans"], "fix_error_units applies to"),
+        (["--pipeline", "multivariate_mistral_detector_jsonformat"], "is multivariate"),
+        (["--engine-option", "foo=1"], "engine 'test-double' takes no option 'foo'"),
+        (["--engine-option", "delay_s=soon"], "engine option delay_s='soon' must be float"),
+        (["--engine-option", "base_url"], "expected key=value, got 'base_url'"),
+        (["--param", "window_size_portion=0.5"], "--param needs block.param=value"),
+        ([f"--param={ROLLING}.window_size=0"], f"--param {ROLLING}.window_size=0: expected an integer >= 1"),
+        ([f"--param={ROLLING}.window_size=-5"], f"--param {ROLLING}.window_size=-5: expected an integer >= 1"),
+        ([f"--param={AGGREGATE}.interval=0"], f"--param {AGGREGATE}.interval=0: expected an integer >= 1"),
     ]
     for extra, message in cases:
         assert _run_cli(tmp_path, str(signal), "--store", store, *extra) == 2, extra
@@ -184,3 +196,13 @@ def test_a_store_on_a_read_only_file_system_is_a_clear_error(tmp_path, capsys):
         assert "cannot write to store" in err and "Read-only file system" in err and "Traceback" not in err
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_trailing_comma_on_every_row_reads_as_the_same_signal(tmp_path):
+    """Spreadsheets write it; pandas' default would turn the first column into an index."""
+    from sigray.signals import load_signal
+
+    clean, trailing = tmp_path / "clean.csv", tmp_path / "trailing.csv"
+    clean.write_text(GOOD)
+    trailing.write_text(GOOD.replace("\n", ",\n"))
+    assert load_signal(str(trailing), name="s").digest() == load_signal(str(clean), name="s").digest()

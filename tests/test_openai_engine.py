@@ -34,7 +34,8 @@ class TestOpenAIEngineOnAStubServer(EngineContract, ClosingContract):
     """The engine contract, through HTTP."""
 
     @pytest.fixture(scope="class")
-    def engine(self, stub):
+    @classmethod
+    def engine(cls, stub):
         with OpenAIEngine("stub-model", base_url=stub.url) as engine:
             yield engine
 
@@ -88,6 +89,18 @@ def test_throttling_and_server_errors_are_retried_and_the_answers_are_the_in_pro
                 assert secret.encode() not in f.read(), name
 
 
+def test_a_worker_whose_retries_run_out_is_replaced_and_the_run_completes(ray_session, cpu_signal, tmp_path):
+    """A 500 with no retry left fails the worker's batch; the client's exception (which needs its
+    request to be rebuilt) must reach the driver as an error it can read, not as a crash."""
+    settings = {"batch_size": 2, "flush_interval_s": 0.5, "chunk_windows": 64, "max_attempts": 1}
+    with OpenAIStubServer(error_rate=0.03, seed=3) as stub:
+        result = run_through(stub, cpu_signal, str(tmp_path / "http"), {"max_retries": 0}, **settings)
+    assert stub.counts["errors"] > 0 and result.workers_replaced > 0
+    assert result.complete and result.failed_windows == 0
+    status, attempts = RunStore.open(str(tmp_path / "http")).read_state()
+    assert (status == DONE).all() and (attempts == 1).all()  # the lost batches went back uncharged
+
+
 def test_bad_settings_are_refused_before_anything_starts(stub, cpu_signal, tmp_path, capsys, ray_must_not_start):
     nowhere = f"http://127.0.0.1:{free_port()}/v1"
     served = ["--engine-option", f"base_url={stub.url}"]
@@ -110,6 +123,13 @@ def test_bad_settings_are_refused_before_anything_starts(stub, cpu_signal, tmp_p
             ["--model", "stub-model", *served, "--engine-option", "tokens_per_min=-5"],
             "tokens_per_min must be a positive number, not -5",
         ),
+        (served, "the openai engine needs --model: the name the server serves the model under"),
+        (
+            ["--model", "stub-model", *served, "--engine-option", "max_concurency=4"],
+            "takes no option 'max_concurency' (did you mean max_concurrency?)",
+        ),
+        (["--model", "stub-model", *served, "--engine-option", "api_key=sk-1"], "(did you mean api_key_env"),
+        (["--model", "stub-model", *served, "--engine-option", "max_concurrency=abc"], "'abc' must be int"),
     ]
     for options, message in cases:
         store = tmp_path / "never"

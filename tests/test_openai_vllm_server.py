@@ -55,7 +55,8 @@ class TestOpenAIEngineOnVllmServe(EngineContract):
     """The engine contract, through vLLM's own server."""
 
     @pytest.fixture(scope="class")
-    def engine(self, server):
+    @classmethod
+    def engine(cls, server):
         with OpenAIEngine(SERVED, base_url=server.url) as engine:
             yield engine
 

@@ -79,6 +79,18 @@ def test_plot_of_an_unknown_signal_lists_the_known_ones(finished, tmp_path, caps
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_to_a_file_that_is_no_picture_is_refused_and_labels_of_other_signals_are_named(finished, tmp_path, capsys):
+    store = finished.store
+    assert cli(["plot", store, "--signal", CPU, "-o", str(tmp_path / "cpu.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "name a picture file ending in" in err and ".png" in err and "Traceback" not in err
+    assert not (tmp_path / "cpu.txt").exists()
+    labels = tmp_path / "labels.csv"
+    labels.write_text('signal,events\nsomething_else,"[[1, 2]]"\n')
+    assert cli(["plot", store, "--signal", CPU, "-o", str(tmp_path / "cpu.png"), "--labels", str(labels)]) == 0
+    assert f"the labels name no signal '{CPU}' (they name something_else...)" in capsys.readouterr().err
+
+
 def test_results_export_parquet_equal_to_csv_and_write_files(finished, tmp_path, capsys):
     store = finished.store
     assert cli(["results", store]) == 0

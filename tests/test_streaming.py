@@ -47,6 +47,7 @@ def test_a_signal_is_post_processed_while_the_others_run_and_a_crash_keeps_it(ra
         kill_session(run)  # a crash, right after the first signal's result was saved
         reap_orphans(ray_tmp)
     assert list(during.anomalies) == [FIRST] and during.missing == [SECOND]
+    assert during.running and "a run is live on this store" in during.warnings()[0]  # not "run it again"
     assert (status == PENDING).any()  # the second signal was still running when the first had its result
 
     wait_until_no_writer(store)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import inspect
 import itertools
+import types
+import typing
 from collections.abc import Iterable
 
 from sigray.engines.base import Completion, Engine, ForeignEngine, Sampling
@@ -20,6 +24,7 @@ __all__ = [
     "Completion",
     "Engine",
     "Sampling",
+    "check_options",
     "check_ready",
     "engine_class",
     "load_engine",
@@ -52,6 +57,7 @@ def check_ready(name: str, model: str, options: dict, requests: Iterable[tuple[s
     constraint), or has room for none of the run's ``(prompt, sampling)`` ``requests`` in its
     context (``Engine.check_fits``). ``requests`` is read lazily, as far as the checks need."""
     cls = engine_class(name)
+    check_options(name, options)
     check = getattr(cls, "check_ready", None)
     if callable(check):
         check(model, options)
@@ -65,6 +71,51 @@ def check_ready(name: str, model: str, options: dict, requests: Iterable[tuple[s
     check = getattr(cls, "check_fits", None)
     if callable(check):
         check(model, options, itertools.chain([first], requests))
+
+
+# Options users guess that an engine takes under another name.
+_INSTEAD = {"api_key": "api_key_env (the name of the environment variable that holds the key)"}
+
+
+def check_options(name: str, options: dict) -> None:
+    """ConfigError for an option engine ``name``'s constructor does not take (unless it takes
+    any: vLLM passes them on to ``vllm.LLM``), or a value not of its annotated type (int,
+    float, bool, str, or None where allowed). Options reach workers as keyword arguments,
+    where a wrong one would fail every worker after the store was made."""
+    cls = engine_class(name)
+    try:
+        signature = inspect.signature(cls.__init__)
+        hints = typing.get_type_hints(cls.__init__)
+    except (TypeError, ValueError, NameError):  # a user's class we cannot introspect: its own errors then
+        return
+    takes = {
+        n: p for n, p in list(signature.parameters.items())[2:] if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+        for option in sorted(set(options) - set(takes)):
+            instead = _INSTEAD.get(option) or ", ".join(difflib.get_close_matches(option, takes, n=1))
+            hint = f" (did you mean {instead}?)" if instead else ""
+            raise ConfigError(
+                f"engine {name!r} takes no option {option!r}{hint}; its options: {', '.join(takes) or 'none'}."
+            )
+    for option, value in options.items():
+        allowed = _simple_types(hints.get(option))
+        if allowed and (not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed)):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ConfigError(f"engine option {option}={value!r} must be {expected}.")
+
+
+def _simple_types(hint) -> tuple[type, ...]:
+    """The types a value of ``hint`` may have when it is int, float, bool, str or an optional
+    of them (an int is a float, as in JSON); () when the hint is anything else."""
+    members = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    if not all(m in (int, float, bool, str, type(None)) for m in members):
+        return ()
+    return tuple(members) + ((int,) if float in members and int not in members else ())
 
 
 def rate_limits(name: str, options: dict):

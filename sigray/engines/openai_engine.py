@@ -93,6 +93,11 @@ class OpenAIEngine(Engine):
 
         cls.rate_limits(options)
         base_url = _base_url(options.get("base_url"))
+        if not model:
+            raise ConfigError(
+                "the openai engine needs --model: the name the server serves the model under "
+                f"(its {base_url}/models lists them)."
+            )
         client = OpenAI(base_url=base_url, api_key=_api_key(options.get("api_key_env")), timeout=30, max_retries=2)
         try:
             served = sorted(m.id for m in client.models.list())

@@ -165,6 +165,19 @@ _TYPES = {
 }
 
 
+# Lower bounds the primitives' annotations do not give: at 0 ``time_segments_aggregate`` loops
+# forever and ``rolling_window_sequences`` makes empty windows (below 0, an IndexError), after
+# the run was planned and its store made.
+_AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate"
+_ROLLING = "mlstars.custom.timeseries_preprocessing.rolling_window_sequences"
+_AT_LEAST = {
+    (_AGGREGATE, "interval"): 1,
+    (_ROLLING, "window_size"): 1,
+    (_ROLLING, "target_size"): 1,
+    (_ROLLING, "step_size"): 1,
+}
+
+
 def check_hyperparameters(block: str, values: dict) -> None:
     """Refuse what MLBlocks would fail on (or loop forever with) after hours of work: a name the
     primitive does not take, a value of the wrong type, outside its range or its choices.
@@ -187,6 +200,7 @@ def check_hyperparameters(block: str, values: dict) -> None:
         kinds, described = _TYPES.get(str(spec.get("type")), ((object,), ""))
         wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
         low, high = (spec.get("range") or [None, None])[:2]
+        low = _AT_LEAST.get((block.split("#")[0], name), low) if low is None else low
         outside = (
             not wrong_type
             and isinstance(value, (int, float))
@@ -195,12 +209,14 @@ def check_hyperparameters(block: str, values: dict) -> None:
         )
         choices = spec.get("values")
         if wrong_type or outside or (choices and value not in choices):
-            expected = described + (f" in [{low}, {high}]" if low is not None or high is not None else "")
+            bounds = {(True, True): f" in [{low}, {high}]", (True, False): f" >= {low}", (False, True): f" <= {high}"}
+            expected = described + bounds.get((low is not None, high is not None), "")
             expected += f" among {choices}" if choices else ""
             raise ConfigError(f"{where}={json.dumps(value)}: expected {expected.strip() or 'another value'}.")
 
 
 _SCALAR2FLOAT = "sigllm.primitives.transformation.Scalar2Float"
+_JSON_FORMAT = "sigllm.primitives.formatting.json_format."  # the multivariate detector's formatting
 _REGRESSION_ERRORS = "orion.primitives.timeseries_errors.regression_errors"
 
 
@@ -272,6 +288,13 @@ class SigllmPipeline:
         if len(llm) != 1:
             raise ConfigError(
                 f"pipeline {pipeline!r} has no sigllm LLM step sigray can run (looked for {', '.join(LLM_STEPS)})."
+            )
+        multivariate = sorted({p for p in self.spec["primitives"] if p.startswith(_JSON_FORMAT)})
+        if multivariate:
+            raise ConfigError(
+                f"pipeline {pipeline!r} is multivariate (its windows are sigllm's JSON format: "
+                f"{', '.join(multivariate)}); sigray does not run multivariate pipelines yet. "
+                "Run each channel as a signal of its own with a univariate pipeline (mistral_detector)."
             )
         self._llm_index = llm[0]
         self.llm_block = names[self._llm_index]

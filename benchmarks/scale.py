@@ -12,6 +12,9 @@ microseconds, so what is measured is sigray and sigllm around the windows), batc
    start included, with post-processing of finished signals overlapping; post-processing after);
 2. **rerun**: the same command again, everything saved: nothing to compute.
 
+``--driver-only`` post-processes every signal in the driver (no Ray tasks at the run's end),
+to compare with the default in the same session.
+
 Each run is one ``sigray run`` process timed from outside; its peak RSS (the driver alone,
 not Ray's processes) is sampled every 50 ms with psutil. Prints a table and writes
 ``scale.json`` and ``scale.png`` under ``--out``.
@@ -32,14 +35,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.reuse import make_signals  # noqa: E402
 
 
-def _timed_run(paths: list[str], store: str) -> dict:
+def _timed_run(paths: list[str], store: str, env: dict | None = None) -> dict:
     """One `sigray run --json` process: wall time, the driver's peak RSS, the run's own figures."""
     import psutil
 
     command = [sys.executable, "-m", "sigray.cli", "run", *paths, "--store", store, "--engine", "test-double"]
     command += ["--batch-size", "256", "--json"]
     started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+    )
     peak = [0]
 
     def sample() -> None:
@@ -73,7 +78,13 @@ def main() -> None:
     parser.add_argument("--signals", type=int, action="append", help="signal counts (repeat; default 10, 100, 500)")
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--out", default="runs/scale")
+    parser.add_argument(
+        "--driver-only",
+        action="store_true",
+        help="post-process in the driver alone (no Ray tasks), to compare with the default",
+    )
     args = parser.parse_args()
+    env = {"SIGRAY_POST_PROCESSING_TASKS_FROM": str(10**9)} if args.driver_only else {}
     counts = args.signals or [10, 100, 500]
     os.makedirs(args.out, exist_ok=True)
     paths = make_signals(os.path.join(args.out, "signals"), max(counts), args.rows)
@@ -81,8 +92,8 @@ def main() -> None:
     for n in counts:
         store = os.path.join(args.out, f"store-{n}")
         shutil.rmtree(store, ignore_errors=True)
-        first = _timed_run(paths[:n], store)
-        rerun = _timed_run(paths[:n], store)
+        first = _timed_run(paths[:n], store, env)
+        rerun = _timed_run(paths[:n], store, env)
         windows_per_s = first["windows"] / first["wall_s"]
         rows.append({"signals": n, "first": first, "rerun": rerun, "windows_per_s": round(windows_per_s, 1)})
         print(json.dumps(rows[-1]), flush=True)

@@ -8,10 +8,11 @@ whose result for this setting (and its data) is saved already is read, not compu
 Every write is fenced by the lease; results live in their own arrays (``results/<set>/``),
 apart from the windows the coordinator writes.
 
-When the run has Ray up, each signal's post-processing (sigllm's preprocessing again, then
-its post-processing on the answers read from the store) is a Ray task over the cluster's free
-CPUs; the driver only saves what the tasks return: the store keeps one writer (issue 16.2).
-Without Ray (``sigray detect``, a run with nothing to generate) it runs in the driver.
+When many signals are left at a run's end and its Ray cluster has CPUs to spare, each one's
+post-processing (sigllm's preprocessing again, then its post-processing on the answers read
+from the store) is a Ray task; the driver only saves what the tasks return, so the store
+keeps one writer (issue 16.2). Otherwise (few signals, a small machine, ``sigray detect``,
+a run with nothing to generate) it runs in the driver.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,9 +40,11 @@ if TYPE_CHECKING:
     from sigray.runner import RunResult
 
 log = logging.getLogger(__name__)
-# Signals left at the end from which post-processing goes to Ray tasks: a task's first use of a
-# Ray worker process imports sigllm and Orion (seconds), so fewer are done faster in the driver.
-TASKS_FROM = 8
+# When the signals left at a run's end go to Ray tasks: from this many (a task's first use of a Ray
+# worker process imports sigllm and Orion, seconds), and with this many CPUs free (the driver saves
+# every result itself: on 2 cores, tasks measured 15% slower than the driver alone; benchmarks/README).
+TASKS_FROM = int(os.environ.get("SIGRAY_POST_PROCESSING_TASKS_FROM", "8"))  # benchmarks/scale.py compares
+TASKS_FREE_CPUS = 4
 
 
 @dataclass
@@ -106,7 +110,12 @@ class Detections:
         ray = sys.modules.get("ray")  # up only when this run generated windows (never imported for it)
         status, _ = self.store.read_state()
         left = self._left()
-        in_tasks = ray is not None and ray.is_initialized() and len(left) >= TASKS_FROM
+        in_tasks = (
+            ray is not None
+            and ray.is_initialized()
+            and len(left) >= TASKS_FROM
+            and ray.available_resources().get("CPU", 0) >= TASKS_FREE_CPUS
+        )
         for signal_plan, entry in left:
             if stop.requested:
                 break

@@ -70,6 +70,7 @@ def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, 
     monkeypatch.setattr(postprocess.Detections, "during_run", lambda self: None)  # everything left to the end
 
     monkeypatch.setattr(postprocess, "TASKS_FROM", 1)
+    monkeypatch.setattr(postprocess, "TASKS_FREE_CPUS", 1)
     tasks = sigray.run(signals, str(tmp_path / "tasks"), engine="test-double", batch_size=64)
     assert in_driver == []
     monkeypatch.setattr(postprocess, "TASKS_FROM", 10**9)

@@ -114,6 +114,7 @@ class Coordinator:
         self.timed_out_workers: list[str] = []
         self.started = time.monotonic()
         self.seen_workers: set[str] = set()  # workers that called this incarnation
+        self.lost_workers: set[str] = set()  # declared lost by the driver: never leased to again
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
         self.finished_at: float | None = None  # when the last window settled
         self.fatal: str | None = None
@@ -137,8 +138,8 @@ class Coordinator:
         self._ensure_flusher()
         self.seen_workers.add(worker_id)
         while True:
-            if self._finished.is_set() or self.stopping or self.fatal:
-                return None
+            if self._finished.is_set() or self.stopping or self.fatal or worker_id in self.lost_workers:
+                return None  # a lost worker's call still waiting here would take its own requeued windows
             windows = self._take(self.settings.batch_size)
             if windows.size:
                 try:
@@ -191,7 +192,9 @@ class Coordinator:
         self._update_events()
 
     async def worker_lost(self, worker_id: str) -> int:
-        """Requeue, uncharged, every window leased to ``worker_id``; returns how many."""
+        """Requeue, uncharged, every window leased to ``worker_id``, and lease it nothing more;
+        returns how many."""
+        self.lost_workers.add(worker_id)
         lost = [lease_id for lease_id, held in self.leases.items() if held.worker_id == worker_id]
         count = sum(self._release(lease_id) for lease_id in lost)
         self.requeued += count

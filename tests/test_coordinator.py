@@ -144,6 +144,26 @@ def test_a_lost_worker_windows_are_requeued_without_charge_and_with_the_same_see
             assert retaken[w] == seed
 
 
+def test_a_lost_workers_waiting_lease_call_does_not_take_its_own_requeued_windows(tmp_path):
+    """A worker keeps one lease call waiting while it works; when it dies, that call may still be
+    served after the driver declared it lost: it must get nothing, or the windows wait out a lease timeout."""
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=N)
+        first = await c.lease_batch("w")  # every window, to the worker that will die
+        waiting = asyncio.ensure_future(c.lease_batch("w"))  # its next call, waiting for work
+        await asyncio.sleep(0)  # a yield to the event loop (no timing): the call reaches its wait
+        assert await c.worker_lost("w") == N
+        again = await asyncio.wait_for(waiting, 5)
+        other = await c.lease_batch("replacement")
+        return first, again, other
+
+    first, again, other = run(scenario())
+    assert len(first.windows) == N and again is None
+    assert sorted(other.windows.tolist()) == sorted(first.windows.tolist())
+
+
 def test_a_stale_invalid_report_charges_nothing_but_a_stale_valid_one_is_kept(tmp_path):
     path = make_store(str(tmp_path / "s"))
 

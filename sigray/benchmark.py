@@ -26,6 +26,7 @@ from sigray.messages import Progress
 from sigray.runner import RunResult
 
 OK, ERROR, PENDING = "OK", "ERROR", "PENDING"
+NAN = float("nan")
 SIGNAL_COLUMNS = ["dataset", "pipeline", "signal", "status", "windows", "failed_windows"]
 SCORE_COLUMNS = ["precision", "recall", "f1", "tp", "fp", "fn"]
 
@@ -127,6 +128,11 @@ def benchmark(
         raise InputError(f"unknown scoring method {method!r}; choose {' or '.join(METHODS)}.")
     known = load_labels(labels)
     found = find_signals(paths, labels)
+    if not {s.name for s in found} & set(known):
+        raise InputError(
+            f"labels file {labels} names none of the {len(found)} signals ({', '.join(s.name for s in found[:5])}...); "
+            f"it names {', '.join(sorted(known)[:5])}...: give the labels of these signals."
+        )
     config = run_config(store, settings)
     rejected: dict[str, str] = {}
     plan = make_plan(config, [(s.name, s.path) for s in found], settled=settled_in(config, new), rejected=rejected)
@@ -160,6 +166,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     for dataset, group in [*table.groupby("dataset", sort=True), ("ALL", table)]:
         scored = group.dropna(subset=["tp"])
         totals = scored[["tp", "fp", "fn"]].sum()
+        summed = scores(totals["tp"], totals["fp"], totals["fn"]) if len(scored) else dict.fromkeys(SCORE_COLUMNS, NAN)
         rows.append(
             {
                 "dataset": dataset,
@@ -167,9 +174,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
                 "scored": len(scored),
                 "errors": int((group["status"] == ERROR).sum()),
                 "pending": int((group["status"] == PENDING).sum()),
-                "windows": int(group["windows"].fillna(0).sum()),
-                "failed_windows": int(group["failed_windows"].fillna(0).sum()),
-                **(scores(totals["tp"], totals["fp"], totals["fn"]) if len(scored) else dict.fromkeys(SCORE_COLUMNS)),
+                "windows": int(group["windows"].sum()),  # per signal: a window two signals share counts twice
+                "failed_windows": int(group["failed_windows"].sum()),
+                **summed,
             }
         )
     return pd.DataFrame(rows)

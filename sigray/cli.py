@@ -103,10 +103,10 @@ def cmd_detect(args) -> int:
 
 @_sigterm_stops_gracefully
 def cmd_benchmark(args) -> int:
-    from sigray.benchmark import ERROR, plot_leaderboard
+    from sigray.benchmark import ERROR, OK, plot_leaderboard
     from sigray.benchmark import benchmark as run_benchmark
 
-    os.makedirs(args.output, exist_ok=True)
+    _check_output_folder(args.output)  # before any work: a refusal leaves nothing behind
     progress = _ProgressPrinter(quiet=args.quiet)
     board = run_benchmark(
         args.paths,
@@ -121,13 +121,22 @@ def cmd_benchmark(args) -> int:
     )
     progress.close()
     written = [os.path.join(args.output, name) for name in ("leaderboard.csv", "datasets.csv", "leaderboard.png")]
-    board.signals.to_csv(written[0], index=False)
-    board.datasets.to_csv(written[1], index=False)
-    plot_leaderboard(board, written[2])
+    try:
+        os.makedirs(args.output, exist_ok=True)
+        board.signals.to_csv(written[0], index=False)
+        board.datasets.to_csv(written[1], index=False)
+    except OSError as exc:  # the store holds every answer and result: the same command writes them again
+        raise InputError(f"cannot write the leaderboard in {args.output}: {exc.strerror or exc}.") from None
+    try:
+        plot_leaderboard(board, written[2])
+    except Exception as exc:  # noqa: BLE001 - the tables are written; a picture is a bonus
+        print(f"sigray: warning: no picture {written[2]}: {exc}", file=sys.stderr)
+        written.pop()
     if args.json:
         tables = {"signals": board.signals, "datasets": board.datasets}
         records = {key: json.loads(table.to_json(orient="records")) for key, table in tables.items()}
-        print(json.dumps({"complete": board.complete, "stopped": board.stopped, **records, "files": written}))
+        summary = {"complete": board.complete, "stopped": board.stopped, "method": board.method}
+        print(json.dumps({**summary, **records, "files": written}))
     elif not args.quiet:
         number = lambda v: f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"  # noqa: E731 - weighted counts are seconds
         counts = {"windows": "string", "failed_windows": "string"}
@@ -136,20 +145,42 @@ def cmd_benchmark(args) -> int:
         print()
         print(board.datasets.to_string(index=False, float_format=number, na_rep="-"))
         print(f"leaderboard: {', '.join(written)}")
-    errors = board.signals[board.signals["status"] == ERROR]
+    signals = board.signals
+    errors = signals[signals["status"] == ERROR]
     if len(errors):
         print(
-            f"sigray: {len(errors)} of {len(board.signals)} signal(s) not run, each on its ERROR row of "
+            f"sigray: {len(errors)} of {len(signals)} signal(s) not run, each on its ERROR row of "
             f"{written[0]} with why: {', '.join(errors['signal'][:20])}. The first: {errors['reason'].iloc[0]}",
             file=sys.stderr,
         )
+    unlabelled = signals[(signals["status"] == OK) & signals["f1"].isna()]
+    if len(unlabelled):
+        print(
+            f"sigray: warning: {len(unlabelled)} signal(s) are not in the labels file and are not scored: "
+            f"{', '.join(unlabelled['signal'][:20])}. A signal without known anomalies needs its row too "
+            '(signal,events with "[]"; the signal,start,end format cannot list it).',
+            file=sys.stderr,
+        )
     if board.stopped:
-        print("sigray: stopped; run the same command to resume.", file=sys.stderr)
+        result = board.result
+        done = result.resumed_windows + result.computed_windows
+        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
         return EXIT_RESUMABLE
     if not board.complete:
         print("sigray: incomplete: PENDING signals have windows to answer; run the same command.", file=sys.stderr)
         return EXIT_INCOMPLETE
-    return 0
+    return EXIT_USAGE if len(errors) == len(signals) else 0
+
+
+def _check_output_folder(path: str) -> None:
+    """InputError unless ``path`` is a folder, or can become one, we may write in (not made here)."""
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(os.path.abspath(existing))
+    if existing == path and not os.path.isdir(path):
+        raise InputError(f"-o {path}: is a file; name a folder for the leaderboard.")
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"-o {path}: cannot write in {existing}; name a folder you can write to.")
 
 
 def _report(result, args, picture: str | None = None) -> int:

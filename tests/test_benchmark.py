@@ -107,6 +107,7 @@ def test_a_signal_fixed_after_an_error_runs_on_the_rerun(ray_session, tmp_path):
     second = benchmark([folder], store, LABELS, **settings)
     rows = second.signals.set_index("signal")
     assert rows.loc["pump", "status"] == OK and rows.loc["pump", "reason"] == "not in the labels file: not scored"
+    assert second.datasets.set_index("dataset").loc["ALL", "scored"] == 1
     assert second.result.computed_windows == 0  # the same windows as the CPU signal's: answered once
 
 
@@ -114,6 +115,8 @@ def test_a_signal_fixed_after_an_error_runs_on_the_rerun(ray_session, tmp_path):
     "change, expected",
     [
         ("no_labels", "labels file"),
+        ("labels_of_other_signals", "names none of the 1 signals"),
+        ("output_is_a_file", "is a file; name a folder for the leaderboard"),
         ("empty_folder", "no signal CSV files"),
         ("same_name", "two signals are named"),
         ("bad_method", "invalid choice"),
@@ -126,6 +129,12 @@ def test_bad_benchmark_input_is_refused_before_anything_is_written(
     labels, paths, extra = LABELS, [folder], []
     if change == "no_labels":
         labels = str(tmp_path / "missing.csv")
+    elif change == "labels_of_other_signals":
+        labels = str(tmp_path / "other.csv")
+        with open(labels, "w") as f:
+            f.write('signal,events\nsomething_else,"[[1, 2]]"\n')
+    elif change == "output_is_a_file":
+        open(out, "w").close()
     elif change == "empty_folder":
         paths = [str(tmp_path / "empty")]
         os.mkdir(paths[0])
@@ -137,3 +146,4 @@ def test_bad_benchmark_input_is_refused_before_anything_is_written(
         assert cli(["benchmark", *paths, "--labels", labels, "--store", store, "-o", out, *RUN, *extra]) == 2
     assert expected in capsys.readouterr().err
     assert not os.path.exists(store)
+    assert change == "output_is_a_file" or not os.path.exists(out)  # -o is made only once there is a leaderboard

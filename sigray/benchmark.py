@@ -24,6 +24,7 @@ from sigray.errors import InputError
 from sigray.evaluate import METHODS, confusion, load_labels, scores
 from sigray.messages import Progress
 from sigray.runner import RunResult
+from sigray.signals import name_of
 
 OK, ERROR, PENDING = "OK", "ERROR", "PENDING"
 NAN = float("nan")
@@ -78,7 +79,7 @@ def find_signals(paths: list[str], labels_path: str | None = None) -> list[Bench
         for file in files:
             if _is_labels_file(file) or (labels_path and os.path.abspath(file) == os.path.abspath(labels_path)):
                 continue
-            found.append(BenchmarkSignal(dataset, os.path.splitext(os.path.basename(file))[0], file))
+            found.append(BenchmarkSignal(dataset, name_of(file), file))
     if not found:
         raise InputError(f"no signal CSV files in {', '.join(paths)}.")
     seen: dict[str, BenchmarkSignal] = {}

@@ -162,14 +162,19 @@ def cmd_benchmark(args) -> int:
             file=sys.stderr,
         )
     if board.stopped:
-        result = board.result
-        done = result.resumed_windows + result.computed_windows
-        print(f"resumable: {done} of {result.total_windows} windows done; run the same command to resume.")
+        print(_resumable_line(board.result))
         return EXIT_RESUMABLE
     if not board.complete:
         print("sigray: incomplete: PENDING signals have windows to answer; run the same command.", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_USAGE if len(errors) == len(signals) else 0
+
+
+def _resumable_line(result) -> str:
+    done = result.resumed_windows + result.computed_windows
+    all_done = done == result.total_windows
+    post = f", {len(result.signals)} of {result.n_signals} signals post-processed" if all_done else ""
+    return f"resumable: {done} of {result.total_windows} windows done{post}; run the same command to resume."
 
 
 def _check_output_folder(path: str) -> None:
@@ -186,14 +191,8 @@ def _check_output_folder(path: str) -> None:
 def _report(result, args, picture: str | None = None) -> int:
     """Print what a run found first; then draw (a picture that fails is a warning, never
     an error: the work is saved). Exit 75 for a stop, 3 when signals lack results."""
-    done = result.resumed_windows + result.computed_windows
     if result.stopped:
-        post = (
-            f", {len(result.signals)} of {result.n_signals} signals post-processed"
-            if done == result.total_windows
-            else ""
-        )
-        line = f"resumable: {done} of {result.total_windows} windows done{post}; run the same command to resume."
+        line = _resumable_line(result)
         print(json.dumps({**_result_json(result), "stopped": True, "message": line}, indent=2) if args.json else line)
         return EXIT_RESUMABLE
     if args.json:

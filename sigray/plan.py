@@ -23,7 +23,7 @@ from sigray.errors import ConfigError, InputError, SigrayWarning
 from sigray.keys import window_key, window_seed
 from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
-from sigray.signals import Signal, load_signals
+from sigray.signals import Signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
 
 
@@ -151,7 +151,7 @@ def _load(sources: list, unit: str | None, rejected: dict[str, str] | None) -> l
         return load_signals(sources, unit=unit)
     signals = []
     for source in sources:
-        name = source[0] if isinstance(source, tuple) else os.path.splitext(os.path.basename(str(source)))[0]
+        name = source[0] if isinstance(source, tuple) else name_of(os.fspath(source))
         with _or_rejected(rejected, str(name)):
             signals.extend(load_signals([source], unit=unit))
     return signals

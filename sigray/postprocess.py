@@ -85,10 +85,11 @@ class Detections:
         most (the supervisor's checks wait meanwhile); again at once while any is left, else
         after ``check_every_s`` (a flush interval: the store changes no faster)."""
         now = time.monotonic()
-        if now < self._next_check:
+        left = self._left()
+        if now < self._next_check or not left:
             return
-        status, _ = self.store.read_state()
-        for signal_plan, entry in self._left():
+        status = self.store.read_status()
+        for signal_plan, entry in left:
             if entry.name in self._failed_during_run:
                 continue
             rows = self.store.signal_rows(entry)
@@ -108,7 +109,7 @@ class Detections:
         """Every signal not done yet; one with windows still pending is left ``missing``. A stop
         request (SIGTERM, deadline) ends it between two signals: what is saved stays."""
         ray = sys.modules.get("ray")  # up only when this run generated windows (never imported for it)
-        status, _ = self.store.read_state()
+        status = self.store.read_status()
         left = self._left()
         in_tasks = (
             ray is not None
@@ -219,9 +220,6 @@ def _detect_task():
     @ray.remote(num_cpus=1, max_retries=3, runtime_env={"env_vars": client_env()})
     def detect_signal(pipeline, signal, normal, store_path: str, rows: np.ndarray, settled: np.ndarray):
         """One signal's result arrays, or why sigllm failed on it (a str: raised by the driver)."""
-        from sigray.pipelines.sigllm_env import use_sigllm_registry
-
-        use_sigllm_registry()  # as the driver's pipeline did when it was made (this one was unpickled)
         signal_plan = pipeline.plan(signal, normal)
         try:
             return detect(pipeline, signal_plan, RunStore.open(store_path, read_only=True), rows, settled)

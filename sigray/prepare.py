@@ -138,7 +138,7 @@ def settled_signals(path: str, generation: str) -> dict[str, str]:
         store = RunStore.open(path)
         if store.fingerprint != generation:
             return {}
-        status, _ = store.read_state()
+        status = store.read_status()
         settled = np.isin(status, (DONE, FAILED))
         return {e.name: e.digest for e in store.signals if settled[store.signal_rows(e)].all()}
     except (SigrayError, OSError):

@@ -120,7 +120,7 @@ def execute(
                 for note in prepared.notes:
                     log.warning("store %s: %s", store.path, note)
                 rows = prepared.rows
-                status, _ = store.read_state()
+                status = store.read_status()
                 result = RunResult(store=store.path, model=config.model or "", total_windows=len(rows))
                 result.n_signals = len(prepared.entries)
                 result.signal_windows = sum(e.n_windows for e in prepared.entries)
@@ -131,7 +131,7 @@ def execute(
                 if compute and result.resumed_windows < len(rows):
                     _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections)
                 timings["windows_s"] = time.monotonic() - phase
-                result.failed_windows = int(np.count_nonzero(store.read_state()[0][rows] == FAILED))
+                result.failed_windows = int(np.count_nonzero(store.read_status()[rows] == FAILED))
                 phase = time.monotonic()
                 if not result.stopped:
                     detections.finish(stop)

@@ -181,8 +181,12 @@ def load_signal(path: str, name: str | None = None, unit: str | None = None) -> 
         raise InputError(f"{path}: the file is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc}).") from None
-    name = name or os.path.splitext(os.path.basename(path))[0]
-    return signal_from_frame(name, frame, where=path, unit=unit)
+    return signal_from_frame(name or name_of(path), frame, where=path, unit=unit)
+
+
+def name_of(path: str) -> str:
+    """A signal's name from its file: the file name without its extension."""
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def load_signals(sources: list, unit: str | None = None) -> list[Signal]:

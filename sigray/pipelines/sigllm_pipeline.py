@@ -487,6 +487,7 @@ class SigllmPipeline:
     # -- the two halves -----------------------------------------------------
 
     def _build(self):
+        use_sigllm_registry()  # also in a process that received this pipeline pickled (a Ray task)
         spec = copy.deepcopy(self.spec)
         from mlblocks.discovery import load_primitive
 

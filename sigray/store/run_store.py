@@ -528,8 +528,11 @@ class RunStore:
 
     def read_state(self) -> tuple[np.ndarray, np.ndarray]:
         """(status, attempts) of every row, as saved by the last flush."""
-        n = self.n_windows
-        return self._read("windows/status", slice(0, n)), self._read("windows/attempts", slice(0, n))
+        return self.read_status(), self._read("windows/attempts", slice(0, self.n_windows))
+
+    def read_status(self) -> np.ndarray:
+        """The status of every row, as saved by the last flush (PENDING, DONE, FAILED)."""
+        return self._read("windows/status", slice(0, self.n_windows))
 
     def read_prompts(self, start: int = 0, stop: int | None = None) -> list[str]:
         return [str(p) for p in self._read("windows/prompt", self._rows(start, stop))]

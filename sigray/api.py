@@ -6,8 +6,6 @@ import dataclasses
 import functools
 from collections.abc import Callable
 
-import pandas as pd
-
 from sigray.config import RunConfig
 from sigray.engines import check_ready, engine_class
 from sigray.errors import ConfigError
@@ -15,7 +13,7 @@ from sigray.messages import Progress
 from sigray.plan import RunPlan, make_plan
 from sigray.prepare import settled_signals
 from sigray.runner import RunResult, execute
-from sigray.signals import signal_from_frame
+from sigray.signals import frame_of, signal_from_frame
 
 
 def run(
@@ -108,9 +106,9 @@ def plan_from_store(path: str, pipeline_params: dict | None = None, fix_error_un
     if fix_error_units is not None:
         changes["fix_error_units"] = fix_error_units
     config = RunConfig(**{**stored, **changes})
-    sources = [(entry.name, _frame(*store.read_signal(entry))) for entry in store.signals]
+    sources = [(entry.name, frame_of(*store.read_signal(entry))) for entry in store.signals]
     normal_data = store.read_normal()
-    normal = None if normal_data is None else signal_from_frame("normal", _frame(*normal_data))
+    normal = None if normal_data is None else signal_from_frame("normal", frame_of(*normal_data))
 
     def stored(generation: str) -> dict[str, str]:  # detect computes nothing: preprocess only what it post-processes
         return {e.name: e.digest for e in store.signals} if generation == store.fingerprint else {}
@@ -123,11 +121,6 @@ def plan_from_store(path: str, pipeline_params: dict | None = None, fix_error_un
             "use `sigray run` with the signals for those.)"
         )
     return plan
-
-
-def _frame(timestamps, values) -> pd.DataFrame:
-    values = values.reshape(len(values), -1)
-    return pd.DataFrame({"timestamp": timestamps, "value": values[:, 0]})
 
 
 def run_config(store: str, settings: dict) -> RunConfig:

@@ -157,6 +157,19 @@ def _load(sources: list, unit: str | None, rejected: dict[str, str] | None) -> l
     return signals
 
 
+def _check_same_channels(signals: list[Signal], rejected: dict[str, str] | None) -> None:
+    """The signals of one run share their channel count (issue 18): a run is one layout of
+    data, as a dataset is. Those differing from the first signal are refused (or rejected)."""
+    for signal in signals[1:]:
+        if signal.channels != signals[0].channels:
+            with _or_rejected(rejected, signal.name):
+                raise InputError(
+                    f"signal {signal.name!r} has {signal.channels} channel(s) and {signals[0].name!r} has "
+                    f"{signals[0].channels}: the signals of one run share their channels. Run each layout in a "
+                    "store of its own (sigray benchmark: one per dataset)."
+                )
+
+
 @contextlib.contextmanager
 def _or_rejected(rejected: dict[str, str] | None, name: str):
     """Refuse the run (InputError) as usual, or, given ``rejected``, name the signal there and go on."""
@@ -192,6 +205,7 @@ def make_plan(
     started = time.perf_counter()
     pipeline = make_pipeline(config, base_spec)
     signals = _load(sources, config.timestamp_unit, rejected)
+    _check_same_channels(signals, rejected)
     if normal is None and config.normal:
         normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:

@@ -21,6 +21,7 @@ import pandas as pd
 from sigray import lease as store_lease
 from sigray.errors import InputError, ResultsUnavailableError, StoreError
 from sigray.messages import REFUSED
+from sigray.signals import frame_of
 from sigray.storage import open_storage
 from sigray.store import DONE, FAILED, PENDING, RunStore, read_pointer
 from sigray.store import result_sets as sets
@@ -257,7 +258,7 @@ class StoreReader:
         return Results(self.path, chosen, anomalies, missing, failed, answered, running)
 
     def signal(self, name: str) -> pd.DataFrame:
-        """The signal as it was given: ``timestamp`` and ``value`` (multichannel: ``value_<k>``)."""
+        """The signal as it was given: ``timestamp`` and ``value`` (multichannel: Orion's ``0``, ..., ``K-1``)."""
         self._check_name(name)
         data = self._source.read_signal(name)
         if data is None:
@@ -265,10 +266,7 @@ class StoreReader:
                 f"store {self.path} was written by an older sigray that did not save the signal itself; run the "
                 "same command again with this sigray to save it (nothing is recomputed)."
             )
-        timestamps, values = data
-        values = np.asarray(values).reshape(len(values), -1)
-        columns = {"value": values[:, 0]} if values.shape[1] == 1 else {f"value_{k}": v for k, v in enumerate(values.T)}
-        return pd.DataFrame({"timestamp": timestamps, **columns})
+        return frame_of(*data)
 
     def saved_signal(self, name: str | None = None, wanted_set: str | None = None) -> SavedSignal:
         """A signal with a result set's detections and forecast, for a picture.

@@ -1,9 +1,11 @@
 """Load and check input signals before any engine starts.
 
 A signal is a named series of (timestamp, value) pairs, timestamps as Unix seconds: the
-shape sigllm and Orion take. What sigllm accepts, sigray accepts with the same result:
-unsorted and duplicated timestamps (sigllm's aggregation sorts them and averages
-duplicates), dates or fractional seconds; what is odd is a warning naming the rows.
+shape sigllm and Orion take. A multichannel signal is Orion's multivariate shape: columns
+``timestamp, 0, 1, ..., K-1``, channel 0 the target (``orion.data.load_signal``).
+What sigllm accepts, sigray accepts with the same result: unsorted and duplicated
+timestamps (sigllm's aggregation sorts them and averages duplicates), dates or
+fractional seconds; what is odd is a warning naming the rows.
 Refused, with the row and the way forward: what cannot be processed (no rows, values
 that are not numbers, NaN), and timestamps that are not seconds (milliseconds...),
 which sigllm would turn into hours of imputed points.
@@ -36,11 +38,17 @@ class Signal:
 
     name: str
     timestamps: np.ndarray  # int64 or float64 [points]
-    values: np.ndarray  # float64 [points], finite
+    values: np.ndarray  # float64 [points] or, multichannel, [points, channels]; finite
+
+    @property
+    def channels(self) -> int:
+        """How many channels: 1 for a ``timestamp,value`` signal."""
+        return 1 if self.values.ndim == 1 else self.values.shape[1]
 
     def frame(self) -> pd.DataFrame:
-        """The signal as the ``timestamp,value`` frame sigllm's pipelines take."""
-        return pd.DataFrame({"timestamp": self.timestamps, "value": self.values})
+        """The frame sigllm's pipelines take: ``timestamp,value``, or Orion's multivariate
+        ``timestamp,0,...,K-1``."""
+        return frame_of(self.timestamps, self.values)
 
     def digest(self) -> str:
         """sha256 over the exact timestamps and values: the signal's identity in a store."""
@@ -50,8 +58,21 @@ class Signal:
             h.update(self.timestamps.astype("<f8").tobytes())
         else:
             h.update(self.timestamps.astype("<i8").tobytes())
-        h.update(self.values.astype("<f8").tobytes())
+        if self.values.ndim == 2:
+            h.update(f"channels={self.values.shape[1]}".encode())  # never equal to a univariate digest
+        h.update(np.ascontiguousarray(self.values, dtype="<f8").tobytes())
         return h.hexdigest()
+
+
+def frame_of(timestamps: np.ndarray, values: np.ndarray) -> pd.DataFrame:
+    """``timestamp,value`` for values [points] (or [points, 1]); ``timestamp,0,...,K-1``
+    (Orion's multivariate columns) for values [points, K>1]."""
+    values = np.asarray(values)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim == 1:
+        return pd.DataFrame({"timestamp": timestamps, "value": values})
+    return pd.DataFrame({"timestamp": timestamps, **{str(k): column for k, column in enumerate(values.T)}})
 
 
 def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> np.ndarray:
@@ -129,7 +150,8 @@ def _warn_if_odd(where: str, timestamps: np.ndarray) -> None:
 
 
 def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None, unit: str | None = None) -> Signal:
-    """Check a ``timestamp,value`` frame and turn it into a Signal.
+    """Check a ``timestamp,value`` frame (or Orion's multivariate ``timestamp,0,...,K-1``)
+    and turn it into a Signal.
 
     ``unit``: what numeric timestamps count (``s``, ``ms``, ``us``, ``ns``); by default
     seconds, and numbers too large for seconds are refused naming the likely unit.
@@ -137,29 +159,55 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None, 
     """
     where = where or f"signal {name!r}"
     frame = frame.rename(columns=lambda c: str(c).strip())
-    missing = {"timestamp", "value"} - set(frame.columns)
-    if missing:
-        raise InputError(
-            f"{where}: needs columns 'timestamp' and 'value'; missing {sorted(missing)}, found {list(frame.columns)}."
-        )
+    channels = _value_columns(frame, where)
     if len(frame) == 0:
         raise InputError(f"{where}: has no rows.")
     if unit is not None and unit not in TIMESTAMP_UNITS:
         raise InputError(f"timestamp unit {unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}.")
-    values = pd.to_numeric(frame["value"], errors="coerce")
-    bad = values.isna() & frame["value"].notna()
-    if bad.any():
-        row = _first_bad_row(bad)
-        raise InputError(f"{where}: 'value' row {row} is not a number ({frame['value'].iloc[row - 2]!r}).")
-    values = values.to_numpy(dtype="float64")
-    if not np.all(np.isfinite(values)):
-        row = _first_bad_row(~np.isfinite(values))
-        raise InputError(f"{where}: 'value' row {row} is NaN, empty or infinite; fill or drop it first.")
+    values = np.column_stack([_numbers(frame[column], where, column) for column in channels])
+    values = values[:, 0] if len(channels) == 1 else values
     timestamps = np.asarray(_timestamps_as_seconds(frame["timestamp"], where, unit))
     _warn_if_odd(where, timestamps)
     timestamps.setflags(write=False)
     values.setflags(write=False)
     return Signal(name=name, timestamps=timestamps, values=values)
+
+
+def _value_columns(frame: pd.DataFrame, where: str) -> list[str]:
+    """``["value"]``, or Orion's multivariate channel columns ``["0", ..., "K-1"]`` in order."""
+    columns = list(frame.columns)
+    numbered = sorted((c for c in columns if c.isdigit()), key=int)
+    if "timestamp" in columns and "value" in columns:
+        return ["value"]
+    if "timestamp" in columns and numbered:
+        expected = [str(k) for k in range(int(numbered[-1]) + 1)]
+        gaps = [c for c in expected if c not in columns]
+        others = [c for c in columns if c != "timestamp" and c not in numbered]
+        if gaps or others:
+            problem = f"missing channel(s) {gaps}" if gaps else f"columns {others} are not channels"
+            raise InputError(
+                f"{where}: a multichannel signal has Orion's columns 'timestamp', '0' (the target), '1', ...; "
+                f"{problem}. Name its channels 0..K-1 with no gaps, channel 0 the one to forecast."
+            )
+        return expected
+    missing = sorted({"timestamp", "value"} - set(columns))
+    raise InputError(
+        f"{where}: needs columns 'timestamp' and 'value' (or, multichannel, 'timestamp', '0', '1', ...); "
+        f"missing {missing}, found {columns}."
+    )
+
+
+def _numbers(column: pd.Series, where: str, name: str) -> np.ndarray:
+    values = pd.to_numeric(column, errors="coerce")
+    bad = values.isna() & column.notna()
+    if bad.any():
+        row = _first_bad_row(bad)
+        raise InputError(f"{where}: {name!r} row {row} is not a number ({column.iloc[row - 2]!r}).")
+    values = values.to_numpy(dtype="float64")
+    if not np.all(np.isfinite(values)):
+        row = _first_bad_row(~np.isfinite(values))
+        raise InputError(f"{where}: {name!r} row {row} is NaN, empty or infinite; fill or drop it first.")
+    return values
 
 
 def load_signal(path: str, name: str | None = None, unit: str | None = None) -> Signal:

@@ -1,7 +1,8 @@
 """Shared fixtures: real signals, one local Ray cluster per session, store paths.
 
 The tests' real signals live in the repository (``tests/data``: NAB in Orion's format,
-MIT, with its licence), so a clone alone runs every test; a missing file is an error,
+MIT, and two NASA telemetry channels with every channel, Caltech's BSD-style licence;
+each with its licence), so a clone alone runs every test; a missing file is an error,
 never a silent skip. Ray gets its own short temp dir (unix socket paths must stay short)
 and is always shut down at the end, so no Ray process outlives the test session.
 """
@@ -17,13 +18,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
 NAB = os.path.join(DATA, "nab_orion")
+NASA = os.path.join(DATA, "nasa_multivariate")
 FORMAT1 = os.path.join(DATA, "format1")
 BUNDLED = os.path.join(ROOT, "sigray", "data")
 
 
 def nab_signal(name: str) -> str:
-    """Path of a real NAB signal in Orion format (``tests/data/nab_orion``)."""
-    path = os.path.join(NAB, f"{name}.csv")
+    """Path of a real signal in Orion format: NAB's (``tests/data/nab_orion``) or, multichannel,
+    NASA's (``tests/data/nasa_multivariate``: ``A-1``, ``C-1``)."""
+    path = os.path.join(NASA if os.path.exists(os.path.join(NASA, f"{name}.csv")) else NAB, f"{name}.csv")
     if not os.path.exists(path):
         raise FileNotFoundError(f"test data {path} is missing from the repository")
     return path

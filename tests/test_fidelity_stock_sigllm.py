@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.fidelity]
 
 FAST = {"engine": "test-double", "flush_interval_s": 0.5, "batch_size": 64, "chunk_windows": 256}
 HOURLY = {"mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1": {"interval": 3600}}
+WINDOW_25 = {"mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1": {"window_size": 25}}
 DYNAMIC_THRESHOLD = {"orion.primitives.timeseries_anomalies.find_anomalies#1": {"fixed_threshold": False}}
 
 NORMAL = "art_daily_no_noise"  # the one-shot prompter's normal reference
@@ -84,6 +85,13 @@ CASES = {
     # The normal reference signal goes into every prompt.
     "mistral_prompter_1shot-nyc_taxi": ("mistral_prompter_1shot", ["nyc_taxi"], {}, {2}),
     "gpt_prompter-ambient": ("gpt_prompter", ["ambient_temperature_system_failure"], {}, {4}),
+    # Multivariate (issue 18), NASA telemetry with every channel: windows of d0:v,d1:v,... (JSON
+    # format), channel 0 forecast; window_size 25 as sigllm's multivariate tutorial.
+    "multivariate_detector-C-1": ("multivariate_mistral_detector_jsonformat", ["C-1"], WINDOW_25, {6}),
+    "multivariate_detector-A-1": ("multivariate_mistral_detector_jsonformat", ["A-1"], WINDOW_25, {1}),
+    # The multivariate prompt (dimensions, examples) and index ranges parsed with interval=True.
+    "multivariate_prompter-C-1": ("mistral_prompter_multivariate_0shot", ["C-1"], {}, {12}),
+    "multivariate_prompter-A-1": ("mistral_prompter_multivariate_0shot", ["A-1"], {}, {1}),
 }
 
 
@@ -169,3 +177,36 @@ def test_an_empty_answer_crashes_stock_sigllm_but_sigray_fails_only_that_window(
         detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
     assert detection.failed_windows == [bad]
     assert list(detection.anomalies.columns) == ["start", "end", "severity"]
+
+
+def test_an_answer_without_the_target_channel_crashes_stock_sigllm_but_sigray_fails_only_that_window(
+    stock_env, tmp_path
+):
+    c1 = nab_signal("C-1")
+    config = RunConfig(
+        store="unused",
+        engine="test-double",
+        pipeline="multivariate_mistral_detector_jsonformat",
+        pipeline_params=WINDOW_25,
+    )
+    run = make_plan(config, [c1])
+    pipeline, plan, answer_format = run.pipeline, run.plans[0], run.answers
+    answers = [c.texts for c in TestDoubleEngine().generate(plan.prompts, run.samplings(plan), run.seeds(plan))]
+    bad = 40
+    answers[bad] = [",d1:100,d2:100"]  # pairs, but none of channel d0, the one forecast
+
+    # Stock sigllm: format_as_integer leaves None where d0 was missing; Scalar2Float cannot add to it.
+    with pytest.raises(StockRunError) as raised:
+        run_stock_pipeline(
+            stock_env, config.pipeline, c1, answers, str(tmp_path / "stock.json"), hyperparameters=WINDOW_25
+        )
+    assert raised.value.exc_type == "TypeError"
+    assert "NoneType" in raised.value.exc_message and "transformation.py" in raised.value.stock_traceback
+
+    # sigray: the worker's check rejects it (retried, then failed), and the signal still finishes.
+    assert answer_format.check(answers[bad][0]).reason == "0 value(s) of channel d0, expected 1"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
+    assert detection.failed_windows == [bad]
+    assert len(detection.anomalies) > 0

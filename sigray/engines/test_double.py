@@ -2,9 +2,11 @@
 
 It answers a detector prompt (``sep``-separated integers) with a plausible forecast:
 the last value plus seeded noise, so post-processing finds real anomalies on real
-signals. It answers a prompter prompt (one ending in sigllm's ``[RESPONSE]`` marker, or
-a chat asking to detect anomalies) with the window's outlying values, in the form the
-prompt asks for (bare numbers, a ``[...]`` list, or "no anomalies"). Chat prompts
+signals; a multivariate one (sigllm's JSON format, ``d0:v,d1:v,...``) with ``steps``
+pairs, channel 0 forecast so and the others repeated. It answers a prompter prompt (one
+ending in sigllm's ``[RESPONSE]`` marker, or a chat asking to detect anomalies) with the
+window's outlying values, in the form the prompt asks for (bare numbers, a ``[...]``
+list, index ranges ``[[s, e], ...]`` for sigllm's multivariate prompt, or "no anomalies"). Chat prompts
 (``sampling.chat``) are read as sigllm's JSON message lists. Answers depend only on
 (prompt, seed), never on batching, so a resumed run must reproduce an uninterrupted one
 bit for bit.
@@ -134,13 +136,47 @@ class TestDoubleEngine(Engine):
         if chat:
             messages = json.loads(prompt)
             system, text = messages[0]["content"], messages[-1]["content"]
+        if _JSON_PAIR.search(prompt[-32:]):
+            return self._json_forecast(prompt, rng)
         values = self._window_values(text.removesuffix("[RESPONSE]"))
+        dimensions = _DIMENSIONS.search(text)
+        if dimensions:
+            return self._ranges(values, int(dimensions.group(1)), rng)
         if prompt.endswith("[RESPONSE]") or "anomal" in system:
             return self._anomalies(values, rng, bare="Only return the numbers" in prompt or chat)
-        level = float(np.median(values[-8:]))
-        forecast = np.maximum(0, np.round(level * (1 + self.noise * rng.standard_normal(self.steps))))
         lead = "" if chat else self.sep
-        return lead + self.sep.join(str(int(v)) for v in forecast)
+        return lead + self.sep.join(str(v) for v in self._forecast(values, rng))
+
+    def _forecast(self, values: list[int], rng) -> list[int]:
+        level = float(np.median(values[-8:]))
+        return [int(v) for v in np.maximum(0, np.round(level * (1 + self.noise * rng.standard_normal(self.steps))))]
+
+    def _json_forecast(self, prompt: str, rng) -> str:
+        """``steps`` pairs going on from the window's last step: channel 0 forecast, the rest repeated."""
+        pairs = [(int(c), v) for c, v in _JSON_PAIR.findall(prompt)]
+        channels = max(c for c, _ in pairs) + 1
+        last = dict(pairs[-channels:])
+        forecast = self._forecast([int(v) for c, v in pairs if c == 0] or [0], rng)
+        answer = []
+        for k in range(self.steps):
+            channel = k % channels
+            answer.append(f",d{channel}:{forecast[k // channels] if channel == 0 else last.get(channel, '0')}")
+        return "".join(answer)
+
+    def _ranges(self, values: list[int], dimensions: int, rng) -> str:
+        """Index ranges of channel 0's outlying steps, as sigllm's multivariate prompt asks."""
+        steps = np.asarray(values[: len(values) // dimensions * dimensions], dtype=float).reshape(-1, dimensions)
+        series = steps[:, 0]
+        spread = np.median(np.abs(series - np.median(series))) or 1.0
+        outlying = np.flatnonzero(np.abs(series - np.median(series)) / spread > 3).tolist()
+        ranges = []
+        for index in outlying:
+            if ranges and index == ranges[-1][1] + 1:
+                ranges[-1][1] = index
+            else:
+                ranges.append([index, index])
+        named = [r for r in ranges[:5] if rng.random() > 0.2]
+        return "[" + ", ".join(f"[{s}, {e}]" for s, e in named) + "]" if named else "no anomalies"
 
     def _window_values(self, text: str) -> list[int]:
         """The window: the run of digits and separators the prompt ends with."""
@@ -157,6 +193,10 @@ class TestDoubleEngine(Engine):
         if bare:
             return self.sep.join(str(v) for v in named)
         return "[" + ", ".join(str(v) for v in named) + "]" if named else "no anomalies"
+
+
+_JSON_PAIR = re.compile(r"d(\d+):(\d+)")
+_DIMENSIONS = re.compile(r"multivariate time series of (\d+) dimensions")
 
 
 def _first_to_create(path: str | None) -> bool:

@@ -172,6 +172,86 @@ class ForecastAnswers:
         return Verdict(values)
 
 
+@dataclass(frozen=True)
+class JsonForecastAnswers:
+    """Multivariate detector answers in sigllm's JSON format: the continuation of a window
+    written ``d0:v,d1:v,...`` per step (``sigllm.primitives.formatting.json_format``).
+
+    sigllm keeps the first ``trunc`` values of channel ``target_column`` (``format_as_integer``
+    reads ``d<target>:<digits>`` pairs and drops every other channel), so that is what is
+    asked and checked: valid when sigllm's own reader finds ``trunc`` values of the target
+    (stock sigllm crashes in ``Scalar2Float`` on a window that lacks one). The regex asks
+    for the target's value first and lets further pairs follow; the token budget covers
+    the pairs up to the last target value sigllm keeps.
+    """
+
+    trunc: int
+    target_column: int = 0
+
+    sep = ","
+
+    @property
+    def horizon(self) -> int:
+        return self.trunc
+
+    def limits(self, window: str) -> tuple[int, int]:
+        """(widest value allowed, token budget): one digit wider than the window's widest
+        value; a token per character of the pairs up to the ``trunc``-th target value
+        (``channels`` pairs a step, counted in the window)."""
+        pairs = _JSON_PAIR.findall(window)
+        max_digits = max((len(value) for _, value in pairs), default=0) + 1
+        channels = len({channel for channel, _ in pairs}) or 1
+        pair = len(f",d{channels - 1}:") + max_digits
+        return max_digits, ((self.trunc - 1) * channels + self.target_column + 1) * pair + 2
+
+    def regex_for(self, max_digits: int) -> str:
+        value = f"[0-9]{{1,{max_digits}}}"
+        first = f",d0:{value}"
+        return first if self.trunc == 1 and self.target_column == 0 else f"{first}(,d[0-9]{{1,4}}:{value})*"
+
+    @property
+    def identity(self) -> dict:
+        """The rules answers are asked and checked by, for the generation identity."""
+        return {
+            "kind": "json_forecast",
+            "trunc": self.trunc,
+            "target_column": self.target_column,
+            "limits": "per window: widest value + 1 digit; pairs up to the last target value kept",
+        }
+
+    def format1_identity(self, max_digits: int) -> dict:
+        """Format-1 stores never held multivariate answers: an identity none of them has."""
+        return self.identity
+
+    def response(self, text: str) -> str:
+        """sigllm's forecaster returns the continuation as generated."""
+        return text
+
+    def check(self, text: str, cut: bool = False) -> Verdict:
+        """sigllm's reading of one answer; a ``cut`` one is valid only when the same values
+        are read without its unfinished last pair."""
+        verdict = self._read(text)
+        return (
+            _as_cut(verdict, verdict.ok and _same_values(verdict, self._read(_head(text, self.sep))))
+            if cut
+            else verdict
+        )
+
+    def _read(self, text: str) -> Verdict:
+        from sigllm.primitives.formatting.json_format import JSONFormat
+
+        if not text or not text.strip():
+            return Verdict(None, "empty answer")
+        kept = JSONFormat().format_as_integer([[text]], trunc=self.trunc, target_column=self.target_column)[0][0]
+        found = [v for v in kept if v is not None]
+        if len(found) < self.trunc:
+            return Verdict(None, f"{len(found)} value(s) of channel d{self.target_column}, expected {self.trunc}")
+        return Verdict(np.asarray(found, dtype=float))
+
+
+_JSON_PAIR = re.compile(r"d(\d+):(\d+)")
+
+
 # sigllm's prompter answers are free text around a ``[...]`` list (``parse_anomaly_response``)
 # or, with ``restrict_tokens``, bare digits and separators.
 _NO_ANOMALIES = "no anomalies"
@@ -202,8 +282,12 @@ class AnomalyAnswers:
 
     def limits(self, window: str) -> tuple[int, int]:
         """(widest value allowed, token budget) for one window; the budget follows sigllm's
-        (the window's length x ``anomalous_percent``; characters bound tokens), at least 16."""
-        return widest_value(window, self.sep) + 1, max(16, int(len(window) * self.anomalous_percent))
+        (the window's length x ``anomalous_percent``; characters bound tokens), at least 16.
+        Index ranges (``interval``) may name any position of the window, however narrow its values."""
+        widest = widest_value(window, self.sep) + 1
+        if self.interval:
+            widest = max(widest, len(str(max(self.window_size - 1, 0))))
+        return widest, max(16, int(len(window) * self.anomalous_percent))
 
     def regex_for(self, max_digits: int) -> str:
         number = f"[0-9]{{1,{max_digits}}}"

@@ -9,10 +9,9 @@ are read from sigllm's own JSON files, never copied.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
-
-from sigray.errors import ConfigError
 
 FORECAST_HF = "sigllm.primitives.forecasting.huggingface.HF"
 FORECAST_GPT = "sigllm.primitives.forecasting.gpt.GPT"
@@ -62,14 +61,28 @@ class LLMStep:
 
 
 def _hf_prompter_prompts(windows: list[str], params: dict, produce_args: dict) -> list[str]:
-    """sigllm's ``prompting.huggingface.HF.detect`` message, window by window."""
-    if int(produce_args.get("dim") or 1) > 1:
-        raise ConfigError("multivariate prompter pipelines (dim > 1) are not supported by sigray yet.")
+    """sigllm's ``prompting.huggingface.HF.detect`` message, window by window; with several
+    channels (``dim`` > 1) its multivariate message, which asks for index ranges."""
     messages = _messages("sigllm.primitives.prompting", "huggingface_messages.json")
     normal = produce_args.get("normal")
     one_shot = "" if normal is None else messages["one_shot_prefix"] + str(normal) + "\n\n"
+    dim = int(produce_args.get("dim") or 1)
     user = messages["user_message"] if params.get("restrict_tokens") else messages["user_message_unrestricted"]
-    return [" ".join([messages["system_message"], one_shot, user, w, "[RESPONSE]"]) for w in windows]
+
+    def user_for(window: str) -> str:
+        if dim == 1:
+            return user
+        examples = " ".join(f"({example})" for example in _examples(window))
+        return messages["user_message_multivariate"].format(dim, examples)
+
+    return [" ".join([messages["system_message"], one_shot, user_for(w), w, "[RESPONSE]"]) for w in windows]
+
+
+def _examples(text: str, k: int = 3) -> list[str]:
+    """sigllm's ``prompting.huggingface.get_examples``: the first ``k`` parenthesised parts.
+    Restated, not imported: its module imports torch and transformers (seconds per process)
+    for these two lines; the fidelity test compares the prompts with stock sigllm's."""
+    return re.findall(r"\(([^)]*)\)", text)[:k]
 
 
 LLM_STEPS = {

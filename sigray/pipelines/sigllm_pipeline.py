@@ -28,7 +28,7 @@ import pandas as pd
 from sigray.config import canonical_json
 from sigray.engines.base import Sampling
 from sigray.errors import ConfigError, InputError
-from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers
+from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers, JsonForecastAnswers
 from sigray.pipelines.llm_steps import FORECAST_HF, LLM_STEPS, PROMPT_HF
 from sigray.pipelines.numpy2_compat import REPLACEMENTS
 from sigray.pipelines.sigllm_env import use_sigllm_registry
@@ -216,7 +216,8 @@ def check_hyperparameters(block: str, values: dict) -> None:
 
 
 _SCALAR2FLOAT = "sigllm.primitives.transformation.Scalar2Float"
-_JSON_FORMAT = "sigllm.primitives.formatting.json_format."  # the multivariate detector's formatting
+_MULTIVARIATE_FORMATTING = "sigllm.primitives.formatting."  # sigllm's multivariate window formats
+_JSON_FORMAT_AS_INTEGER = "sigllm.primitives.formatting.json_format.format_as_integer"
 _REGRESSION_ERRORS = "orion.primitives.timeseries_errors.regression_errors"
 
 
@@ -289,24 +290,48 @@ class SigllmPipeline:
             raise ConfigError(
                 f"pipeline {pipeline!r} has no sigllm LLM step sigray can run (looked for {', '.join(LLM_STEPS)})."
             )
-        multivariate = sorted({p for p in self.spec["primitives"] if p.startswith(_JSON_FORMAT)})
-        if multivariate:
-            raise ConfigError(
-                f"pipeline {pipeline!r} is multivariate (its windows are sigllm's JSON format: "
-                f"{', '.join(multivariate)}); sigray does not run multivariate pipelines yet. "
-                "Run each channel as a signal of its own with a univariate pipeline (mistral_detector)."
-            )
         self._llm_index = llm[0]
         self.llm_block = names[self._llm_index]
         self.step = LLM_STEPS[self.spec["primitives"][self._llm_index]]
         after = names[self._llm_index :]
         self._format_block = next((n for n in after if n.startswith(_FORMAT_AS_INTEGER + "#")), None)
+        self._json_block = next((n for n in after if n.startswith(_JSON_FORMAT_AS_INTEGER + "#")), None)
         self._parse_block = next((n for n in after if n.startswith(_PARSE_RESPONSE + "#")), None)
+        self._check_multivariate_formats(pipeline, after)
         if self._parse_block and self._block_params(self._parse_block).get("interval") and self._format_block:
             raise ConfigError(
                 f"pipeline {pipeline!r} parses interval answers and then runs format_as_integer on them, "
                 "which sigllm cannot do (it raises TypeError on a list); drop one of the two."
             )
+
+    def _check_multivariate_formats(self, pipeline: str, after: list[str]) -> None:
+        """sigray reads sigllm's JSON format (the shipped multivariate detector); its other
+        multivariate formats have no validator yet, and some keys of JSON's reader return
+        what sigllm's post-processing cannot take."""
+        others = sorted(
+            {n.split("#")[0] for n in after if n.startswith(_MULTIVARIATE_FORMATTING)} - {_JSON_FORMAT_AS_INTEGER}
+        )
+        if others:
+            raise ConfigError(
+                f"pipeline {pipeline!r} reads answers with {', '.join(others)}; sigray checks multivariate "
+                "answers in sigllm's JSON format only (multivariate_mistral_detector_jsonformat)."
+            )
+        params = self._block_params(self._json_block)
+        if self._json_block and (params.get("trunc") is None or params.get("steps_ahead") is not None):
+            raise ConfigError(
+                f"--param {self._json_block}: sigray needs trunc (target values kept per answer) and no "
+                "steps_ahead: without trunc or with steps_ahead sigllm's format_as_integer returns ragged lists "
+                "or a dict, which its Scalar2Float cannot convert."
+            )
+
+    @property
+    def multivariate(self) -> bool:
+        """Reads every channel of a multichannel signal: sigllm's multivariate formats
+        (``sigllm.primitives.formatting``, the JSON detector) or a prompter answering with
+        index ranges (``mistral_prompter_multivariate_0shot``). Other pipelines read one."""
+        formats = any(p.startswith(_MULTIVARIATE_FORMATTING) for p in self.spec["primitives"] if isinstance(p, str))
+        ranges = self.family == "prompter" and bool(self._block_params(self._parse_block).get("interval"))
+        return formats or ranges
 
     @property
     def family(self) -> str:
@@ -388,6 +413,9 @@ class SigllmPipeline:
         llm = self.llm_params
         parse = self._block_params(self._format_block)
         sep = llm.get("sep", ",")
+        if self._json_block:
+            params = self._block_params(self._json_block)
+            return JsonForecastAnswers(trunc=int(params["trunc"]), target_column=int(params.get("target_column") or 0))
         if self.family == "detector":
             return ForecastAnswers(
                 sep=sep,
@@ -427,6 +455,7 @@ class SigllmPipeline:
         every prompt would read -9223372036854775808) or the signal is too short for one
         window. Warns when aggregation would impute more than half of the points.
         """
+        self._check_channels(signal)
         self._check_scaled_integers(signal)
         interval = self._param_of("time_segments_aggregate#1", "interval", None)
         notes = []
@@ -444,6 +473,21 @@ class SigllmPipeline:
         if points < self.min_points():
             raise InputError(self.too_short(signal, points))
         return notes
+
+    def _check_channels(self, signal: Signal) -> None:
+        if signal.channels > 1 and not self.multivariate:
+            raise InputError(
+                f"signal {signal.name!r} has {signal.channels} channels and pipeline {self.name!r} reads one: sigllm "
+                "would write every channel into each window as if it were one series. Give the channel to detect "
+                "on as 'timestamp,value', or use a multivariate pipeline (multivariate_mistral_detector_jsonformat, "
+                "mistral_prompter_multivariate_0shot)."
+            )
+        target = self._param_of("rolling_window_sequences#1", "target_column", 0)
+        if self.multivariate and isinstance(target, int) and not 0 <= target < signal.channels:
+            raise InputError(
+                f"signal {signal.name!r} has {signal.channels} channel(s) and pipeline {self.name!r} forecasts "
+                f"channel {target} (rolling_window_sequences target_column); give a signal with that channel."
+            )
 
     def too_short(self, signal: Signal, points: int | None = None) -> str:
         """Why ``signal`` gives no window, with the parameters that change it."""

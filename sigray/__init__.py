@@ -2,6 +2,7 @@
 
 from sigray.api import detect, run
 from sigray.config import RunConfig
+from sigray.dropin import SigLLM
 from sigray.errors import (
     ConfigError,
     ConfigMismatchError,
@@ -22,6 +23,7 @@ __all__ = [
     "InputError",
     "ModelNotFoundError",
     "RunConfig",
+    "SigLLM",
     "SigrayError",
     "SigrayWarning",
     "StoreError",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sigray.config import RunConfig
 from sigray.engines import check_ready, engine_class
-from sigray.errors import ConfigError
+from sigray.errors import ConfigError, NoWindowFits
 from sigray.messages import Progress
 from sigray.plan import RunPlan, make_plan
 from sigray.prepare import settled_signals
@@ -67,7 +67,10 @@ def run_plan(
     """Run a plan from ``make_plan`` (see ``run``): the engine's checks first, then the run."""
     config = plan.config
     model_path = resolve_engine_model(config)
-    check_ready(config.engine, model_path, config.engine_options, _requests(plan))
+    try:
+        check_ready(config.engine, model_path, config.engine_options, _requests(plan))
+    except NoWindowFits as exc:
+        raise ConfigError(f"{exc}{_fitting_window(plan, exc)}") from None
     return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
 
 
@@ -121,6 +124,19 @@ def plan_from_store(path: str, pipeline_params: dict | None = None, fix_error_un
             "use `sigray run` with the signals for those.)"
         )
     return plan
+
+
+def _fitting_window(plan: RunPlan, exc: NoWindowFits) -> str:
+    """The window_size whose prompts would fit, estimated as prompts shrink with their window
+    (a multivariate window of K channels costs K times a univariate one)."""
+    setting = plan.pipeline.window_setting()
+    if setting is None or exc.shortest <= 0:
+        return ""
+    block, window = setting
+    fitting = int(window * exc.room / exc.shortest)
+    if fitting < 1 or fitting >= window:
+        return ""
+    return f"; a window_size of about {fitting} would fit: --param {block}.window_size={fitting}"
 
 
 def run_config(store: str, settings: dict) -> RunConfig:

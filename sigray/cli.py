@@ -627,7 +627,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run or resume a SigLLM pipeline over signals")
-    run.add_argument("signals", nargs="+", help="CSV files with timestamp,value columns; NAME=PATH names one")
+    run.add_argument(
+        "signals", nargs="+", help="CSV files: timestamp,value (or timestamp,0,...,K-1); NAME=PATH names one"
+    )
     run.add_argument("--store", required=True, help="the run's store: a directory, or s3://bucket/prefix")
     _add_run_options(run)
     run.add_argument(

@@ -13,6 +13,20 @@ class ConfigError(SigrayError):
     """A run configuration is invalid (unknown pipeline, bad parameter...)."""
 
 
+class NoWindowFits(ConfigError):
+    """Not one window's prompt leaves room for its answer in the engine's context.
+
+    ``shortest``: the shortest prompt's size and ``room``: the most a prompt may take, in
+    the engine's units (tokens; characters for the test double), so the caller can name
+    the ``window_size`` that would fit.
+    """
+
+    def __init__(self, message: str, shortest: int, room: int):
+        super().__init__(message)
+        self.shortest = shortest
+        self.room = room
+
+
 class ModelNotFoundError(SigrayError):
     """The model named in the configuration cannot be found or loaded."""
 

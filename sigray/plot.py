@@ -1,4 +1,5 @@
-"""One picture per signal: the signal, the forecast, detected anomalies and true labels."""
+"""One picture per signal: the signal, the forecast, detected anomalies and true labels;
+for a multichannel signal, the target channel so and the other channels as a heat strip."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def plot_signal(
     ``detections``: (label, anomalies) per result set, each shaded in its own colour and
     band (one set fills the height; two split it, to compare); None for a set without a
     result yet. True labels are outlined green. Timestamps beyond what dates can show are
-    drawn as plain numbers.
+    drawn as plain numbers. A multichannel ``signal`` (Orion's ``timestamp,0,...,K-1``)
+    draws channel 0, the target, as the line and channels 1..K-1 as a strip below it.
     """
     import matplotlib
 
@@ -47,9 +49,19 @@ def plot_signal(
         seconds = np.asarray(seconds, dtype="float64")
         return pd.to_datetime(seconds, unit="s") if as_dates else seconds
 
-    fig, ax = plt.subplots(figsize=(12, 4))
     values = [c for c in signal.columns if c != "timestamp"]
-    ax.plot(when(times), signal[values[0]], lw=0.6, color="0.3", label="signal" if len(values) == 1 else values[0])
+    if len(values) > 1:
+        fig, (ax, strip) = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+        _draw_channels(strip, signal, values[1:], when)
+    else:
+        fig, ax = plt.subplots(figsize=(12, 4))
+    ax.plot(
+        when(times),
+        signal[values[0]],
+        lw=0.6,
+        color="0.3",
+        label="signal" if len(values) == 1 else "channel 0 (target)",
+    )
     if forecast is not None and forecast_index is not None and len(forecast) == len(forecast_index):
         ax.plot(when(forecast_index), forecast, lw=0.8, color="tab:blue", alpha=0.8, label="forecast (LLM)")
     band = 1.0 / max(1, len(detections))
@@ -79,6 +91,8 @@ def plot_signal(
     ax.legend(loc="upper left", fontsize=8)
     if as_dates:
         fig.autofmt_xdate()
+        if len(values) > 1:
+            ax.tick_params(labelbottom=False)
     fig.tight_layout()
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
@@ -136,3 +150,16 @@ def plot_from_store(
         labels=known,
     )
     return path, finished
+
+
+def _draw_channels(strip, signal: pd.DataFrame, channels: list[str], when) -> None:
+    """Channels 1..K-1 over time, one row each, each scaled to its own range."""
+    ordered = signal.sort_values("timestamp", kind="stable")
+    grid = ordered[channels].to_numpy(dtype="float64").T
+    low, high = grid.min(axis=1, keepdims=True), grid.max(axis=1, keepdims=True)
+    grid = np.divide(grid - low, high - low, out=np.zeros_like(grid), where=high > low)
+    rows = np.arange(1, len(channels) + 1)
+    strip.pcolormesh(when(ordered["timestamp"]), rows, grid, shading="nearest", cmap="Greys", rasterized=True)
+    strip.set_ylabel("channels", fontsize=8)
+    strip.set_yticks([rows[0], rows[-1]])
+    strip.invert_yaxis()

@@ -204,3 +204,45 @@ def test_a_multichannel_store_gives_its_signal_back_as_it_was_given(ray_session,
         store, pipeline_params={"sigllm.primitives.prompting.anomalies.find_anomalies_in_windows#1": {"alpha": 0.2}}
     )
     assert again.anomalies["C-1-head"] is not None and not again.missing
+
+
+def test_prompts_no_engine_context_holds_are_refused_naming_the_window_size_that_fits(
+    ray_must_not_start, c1_head, tmp_path
+):
+    """sigllm's defaults on MSL's 55 channels: prompts of about 60,000 characters (issue 18.4)."""
+    store = str(tmp_path / "run")
+    settings = {"engine": "test-double", "pipeline": DETECTOR, "engine_options": {"context_chars": 20_000}}
+    with pytest.raises(
+        ConfigError, match=r"shortest prompt has 5\d{4}.*window_size of about (\d+) would fit"
+    ) as raised:
+        sigray.run([c1_head], store, **settings)
+    fitting = int(re.search(r"window_size=(\d+)", str(raised.value)).group(1))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+    plan = make_plan(
+        RunConfig(store=store, pipeline_params={ROLLING: {"window_size": fitting}}, **settings), [nab_signal("C-1")]
+    )
+    assert max(len(p) for p in plan.plans[0].prompts) < 20_000  # the window named does fit
+
+
+def test_a_multichannel_picture_draws_the_target_and_a_strip_of_the_other_channels(ray_session, c1_head, tmp_path):
+    import matplotlib.image
+
+    from sigray.plot import plot_from_store
+
+    store = str(tmp_path / "run")
+    sigray.run([c1_head], store, pipeline=DETECTOR, pipeline_params=WINDOW_25, **FAST)
+    picture, finished = plot_from_store(store, str(tmp_path / "c1.png"))
+    assert finished
+    height, width, _ = matplotlib.image.imread(picture).shape
+    assert (height, width) == (605, 1320)  # 12 x 5.5 inches at 110 dpi: the strip below the signal
+
+
+def test_the_multivariate_demo_runs_the_bundled_nasa_excerpt_with_the_tutorial_window(ray_session, tmp_path):
+    from sigray.demo import MULTIVARIATE_DEMO_SIGNAL, run_demo
+
+    outcome = run_demo(str(tmp_path / "demo"), str(tmp_path / "demo.png"), pipeline=DETECTOR, **FAST)
+    result = outcome.result
+    assert list(result.signals) == [MULTIVARIATE_DEMO_SIGNAL]
+    assert result.total_windows == 600 - 25  # 600 six-hour rows, windows of 25 steps
+    assert RunStore.open(str(tmp_path / "demo")).config["pipeline_params"] == WINDOW_25
+    assert outcome.picture and not outcome.picture_error

@@ -181,3 +181,24 @@ def test_a_chat_prompt_is_counted_through_the_models_chat_template(tiny_model):
     assert refused.permanent and f"a prompt of {n} tokens" in refused.refused
     tokenizer.chat_template = None  # no template: not counted here; vLLM decides
     assert engine._too_long(json.dumps(messages), Sampling(n=1, max_tokens=601 - n, chat=True)) is None
+
+
+@pytest.mark.parametrize("trunc", [1, 3])
+def test_multivariate_json_answers_under_their_regex_are_what_sigllm_reads(engine, trunc):
+    """The JSON-format detector's constraint (issue 18) compiles in vLLM's grammar backend and
+    holds; with sigllm's ``trunc`` of 1 every answer is one ``d0`` pair, which its reader keeps."""
+    from sigray.pipelines.answers import JsonForecastAnswers
+
+    answers = JsonForecastAnswers(trunc=trunc)
+    window = "d0:314,d1:100,d2:200,d0:315,d1:100,d2:100,d0:317,d1:200,d2:100"
+    max_digits, max_tokens = answers.limits(window)
+    sampling = Sampling(n=2, temperature=1.0, max_tokens=max_tokens * 4, regex=answers.regex_for(max_digits))
+    completions = engine.generate([window] * 4, [sampling] * 4, spaced_seeds(4, n=2))
+    for completion in completions:
+        for text, reason in zip(completion.texts, completion.finish_reasons):
+            assert re.fullmatch(sampling.regex, text) or reason == "length", text
+            verdict = answers.check(text, cut=reason == "length")
+            if trunc == 1:
+                assert re.fullmatch(r",d0:[0-9]{1,4}", text) and verdict.ok, text
+            elif verdict.ok:
+                assert len(verdict.values) == trunc

@@ -38,7 +38,7 @@ import time
 import numpy as np
 
 from sigray.engines.base import LENGTH, Completion, Engine, Sampling
-from sigray.errors import ConfigError
+from sigray.errors import NoWindowFits
 
 
 class TestDoubleEngine(Engine):
@@ -91,9 +91,11 @@ class TestDoubleEngine(Engine):
             if len(prompt) < context:
                 return
             shortest = min(shortest or len(prompt), len(prompt))
-        raise ConfigError(
+        raise NoWindowFits(
             f"no window fits the test double's context of {context} characters: the shortest prompt has "
-            f"{shortest}; raise --engine-option context_chars or shorten the window (window_size)"
+            f"{shortest}; raise --engine-option context_chars or shorten the window (window_size)",
+            shortest=shortest,
+            room=context - 1,
         )
 
     def _generate(self, prompts: list[str], samplings: list[Sampling], seeds: list[int]) -> list[Completion]:

@@ -19,7 +19,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from sigray.engines.base import Completion, Engine, Sampling
-from sigray.errors import ConfigError
+from sigray.errors import NoWindowFits
 
 CPU_DEFAULTS: dict[str, Any] = {
     # torch.compile adds minutes on CPU and changes greedy text; eager is the tested path.
@@ -178,10 +178,12 @@ class VllmEngine(Engine):
             if n is None:
                 return
             fewest = n if fewest is None else min(fewest, n)
-        raise ConfigError(
+        raise NoWindowFits(
             f"no window fits the model's {context}-token context (max_model_len): the shortest prompt has "
             f"{fewest} tokens, before an answer of up to {sampling.max_tokens}; raise --engine-option "
-            "max_model_len (up to what the model takes) or shorten the window (window_size)"
+            "max_model_len (up to what the model takes) or shorten the window (window_size)",
+            shortest=fewest,
+            room=context - sampling.max_tokens,
         )
 
     def _close(self) -> None:

@@ -366,6 +366,11 @@ class SigllmPipeline:
     def _block(self, suffix: str) -> str | None:
         return next((n for n in _block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
 
+    def window_setting(self) -> tuple[str, int] | None:
+        """(block, window_size) of the pipeline's rolling windows; None when it has none."""
+        block = self._block("rolling_window_sequences#1")
+        return None if block is None else (block, int(self._block_params(block).get("window_size", 0)))
+
     def min_points(self) -> int:
         """Points (after aggregation) a signal needs for one window."""
         window = int(self._param_of("rolling_window_sequences#1", "window_size", 0))

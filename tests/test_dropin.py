@@ -1,0 +1,120 @@
+"""``from sigray import SigLLM``: a notebook written for stock sigllm runs unchanged (issue 19.1)."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+import sigray
+from sigray.dropin import DECIMAL_PRIMITIVE, INTERVAL_PRIMITIVE, WINDOW_SIZE_PRIMITIVE
+from sigray.errors import ConfigError
+from sigray.store import RunStore
+from sigray.testing.stock_sigllm import StockEnvError, ensure_stock_env, read_stock_result, run_stock_pipeline
+from tests.conftest import nab_signal
+
+SIGNAL = "art_load_balancer_spikes"
+
+# What a sigllm user writes (sigllm's README), word for word but for the import.
+NOTEBOOK = """
+from orion.data import load_signal
+from sigray import SigLLM
+
+data = load_signal(PATH)
+sigllm = SigLLM('mistral_detector', interval=3600, decimal=2, window_size=140)
+anomalies = sigllm.detect(data)
+"""
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> str:
+    """Where stores go, and the engine a notebook gets without naming one: the test double."""
+    monkeypatch.setenv("SIGRAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SIGRAY_ENGINE", "test-double")
+    return str(tmp_path / "cache")
+
+
+def _notebook() -> dict:
+    namespace = {"PATH": nab_signal(SIGNAL)}
+    exec(compile(NOTEBOOK, "notebook", "exec"), namespace)  # noqa: S102 - the test's own script
+    return namespace
+
+
+@pytest.mark.slow
+@pytest.mark.fidelity
+def test_a_stock_sigllm_notebook_runs_unchanged_with_stock_sigllms_anomalies(ray_session, cache, tmp_path):
+    try:
+        stock_env = ensure_stock_env()
+    except StockEnvError as exc:
+        pytest.skip(f"stock sigllm environment cannot be built here (needs PyPI): {exc}")
+    anomalies = _notebook()["anomalies"]
+    assert list(anomalies.columns) == ["start", "end", "severity"] and len(anomalies) > 0
+
+    # One store, named from the generation identity, under the cache.
+    (store,) = [os.path.join(cache, name) for name in os.listdir(cache)]
+    run = RunStore.open(store)
+    (entry,) = run.signals
+    answers = run.read_answers()[run.signal_rows(entry)].tolist()
+    hyperparameters = {
+        INTERVAL_PRIMITIVE: {"interval": 3600},
+        DECIMAL_PRIMITIVE: {"decimal": 2},
+        WINDOW_SIZE_PRIMITIVE: {"window_size": 140},
+    }
+    out = str(tmp_path / "stock.json")
+    stock = run_stock_pipeline(
+        stock_env, "mistral_detector", nab_signal(SIGNAL), answers, out, hyperparameters=hyperparameters
+    )
+    prompts = run.read_prompts()
+    assert read_stock_result(out)["prompts"] == [prompts[r] for r in run.signal_rows(entry)]
+    pd.testing.assert_frame_equal(anomalies, stock, check_dtype=False, check_exact=False, rtol=1e-9, atol=0)
+
+
+def test_detect_again_on_the_same_data_computes_nothing(ray_session, cache):
+    data = pd.read_csv(nab_signal(SIGNAL))
+    model = sigray.SigLLM("mistral_detector", interval=3600)
+    first = model.detect(data)
+    assert model.last_result.computed_windows == model.last_result.total_windows > 0
+    again = sigray.SigLLM("mistral_detector", interval=3600).detect(data)
+    pd.testing.assert_frame_equal(first, again)
+    # A detection setting only: the same store, every answer reused, a new result set.
+    other = sigray.SigLLM(
+        "mistral_detector",
+        interval=3600,
+        hyperparameters={"orion.primitives.timeseries_anomalies.find_anomalies#1": {"fixed_threshold": False}},
+    )
+    other.detect(data)
+    assert other.last_result.computed_windows == 0 and len(os.listdir(cache)) == 1
+
+
+def test_visualization_returns_the_events_and_sigllms_empty_outputs(ray_session, cache):
+    data = pd.read_csv(nab_signal(SIGNAL))
+    events, outputs = sigray.SigLLM("mistral_detector", interval=3600).detect(data, visualization=True)
+    assert list(events.columns) == ["start", "end", "severity"] and outputs == {}
+
+
+def test_a_model_named_in_the_hyperparameters_is_the_runs_model(ray_session, cache):
+    hf = "sigllm.primitives.forecasting.huggingface.HF#1"
+    model = sigray.SigLLM("mistral_detector", interval=3600, hyperparameters={hf: {"name": "my-org/my-model"}})
+    model.detect(pd.read_csv(nab_signal(SIGNAL)))
+    assert RunStore.open(model.last_result.store).identity["model"] == "my-org/my-model"
+
+
+def test_a_pipeline_dict_is_taken_as_stock_takes_it(ray_session, cache):
+    from sigray.pipelines.sigllm_pipeline import load_pipeline_spec
+
+    events = sigray.SigLLM(load_pipeline_spec("mistral_detector"), interval=3600).detect(
+        pd.read_csv(nab_signal(SIGNAL))
+    )
+    assert list(events.columns) == ["start", "end", "severity"]
+
+
+def test_window_size_on_a_pipeline_without_that_block_is_a_clear_error(cache):
+    """Stock sigllm sets it on ml-stars' rolling windows, which prompters lack: a KeyError deep in MLBlocks."""
+    with pytest.raises(ConfigError, match="pipeline has no block 'mlstars.*rolling_window_sequences#1'"):
+        sigray.SigLLM("mistral_prompter", window_size=50).detect(pd.read_csv(nab_signal(SIGNAL)))
+
+
+def test_an_unknown_sigray_setting_is_refused_at_once():
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['worker'\]"):
+        sigray.SigLLM("mistral_detector", worker=2)

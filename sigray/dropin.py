@@ -25,7 +25,7 @@ import warnings
 import pandas as pd
 
 from sigray.config import RunConfig, fingerprint
-from sigray.errors import ConfigError, SigrayError, SigrayWarning
+from sigray.errors import ConfigError, InputError, SigrayError, SigrayWarning
 from sigray.signals import signal_from_frame
 
 # sigllm/core.py's keyword arguments and the blocks it sets them on.
@@ -81,6 +81,13 @@ class SigLLM:
                 f"sigray.SigLLM takes a pipeline name, JSON path or dict, not {type(pipeline).__name__} "
                 "(an MLPipeline: pass its to_dict())."
             )
+        if hyperparameters is not None and not (
+            isinstance(hyperparameters, dict) and all(isinstance(v, dict) for v in hyperparameters.values())
+        ):
+            raise ConfigError(
+                "hyperparameters must be a dict of blocks to dicts of values, as sigllm takes them: "
+                "{'mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1': {'interval': 3600}}."
+            )
         self._pipeline = pipeline
         self.interval, self.decimal, self.window_size = interval, decimal, window_size
         params = copy.deepcopy(hyperparameters or {})
@@ -97,6 +104,7 @@ class SigLLM:
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
+        self._config(None)  # an unknown pipeline, block or value fails here, as stock's MLPipeline does
         self.last_result = None  # the RunResult of the last detect: windows, failures, timings, store
 
     def __repr__(self) -> str:
@@ -118,11 +126,12 @@ class SigLLM:
 
         if kwargs:
             raise ConfigError(f"detect takes data, normal and visualization; got also {sorted(kwargs)}.")
-        signal = signal_from_frame("data", data)
+        signal = signal_from_frame("data", _frame(data, "data"), where="data")
         name = f"data-{signal.digest()[:12]}"  # the same data: the same signal in the store
+        signal = dataclasses.replace(signal, name=name)
         reference = None if normal is None else _normal_signal(normal)
         config, spec = self._config(reference)
-        plan = make_plan(config, [(name, data)], base_spec=spec, normal=reference, settled=settled_in(config))
+        plan = make_plan(config, [signal], base_spec=spec, normal=reference, settled=settled_in(config))
         result = run_plan(plan, on_progress=self._on_progress, ray_options=self._ray_options)
         self.last_result = result
         if name not in result.signals:
@@ -154,7 +163,10 @@ class SigLLM:
             **self._settings,
         }
         config = run_config(self._store or "unnamed", settings)
-        pipeline = make_pipeline(config, spec)
+        try:
+            pipeline = make_pipeline(config, spec)
+        except ConfigError as exc:
+            raise ConfigError(_in_python_terms(str(exc), config.pipeline)) from None
         named = self._hyperparameters.get(pipeline.llm_block, {}).get("name")
         if named and "model" not in self._settings:
             config = config.replace(model=named)
@@ -164,7 +176,29 @@ class SigLLM:
         return config, spec
 
 
+def _frame(data, what: str) -> pd.DataFrame:
+    if not isinstance(data, pd.DataFrame):
+        raise InputError(
+            f"{what} must be a pandas DataFrame with 'timestamp' and 'value' columns (or Orion's timestamp,0,1,...), "
+            f"as orion.data.load_signal returns; got {type(data).__name__}."
+        )
+    return data
+
+
 def _normal_signal(normal: pd.DataFrame):
     """sigllm's one-shot reference: its time column may be named ``normal_timestamp``."""
-    frame = normal.rename(columns={"normal_timestamp": "timestamp"})
+    frame = _frame(normal, "normal").rename(columns={"normal_timestamp": "timestamp"})
     return signal_from_frame("normal", frame, where="normal")
+
+
+def _in_python_terms(message: str, pipeline: str) -> str:
+    """A pipeline error as a SigLLM user meets it: the keyword argument, not the CLI's --param."""
+    if f"no block '{WINDOW_SIZE_PRIMITIVE}'" in message:
+        blocks = message.split("its blocks are: ")[-1].rstrip(".").split(", ")
+        own = [b for b in blocks if "rolling_window_sequences" in b]
+        instead = f"hyperparameters={{'{own[0]}': {{'window_size': N}}}}" if own else "another pipeline"
+        return (
+            f"window_size= sets {WINDOW_SIZE_PRIMITIVE} (as sigllm does), which pipeline {pipeline!r} does not "
+            f"have; use {instead}."
+        )
+    return message.replace("--param ", "hyperparameters ")

@@ -157,6 +157,12 @@ class StoreReader:
     def signal_names(self) -> list[str]:
         return self._source.names()
 
+    @property
+    def settings(self) -> dict:
+        """The run's settings as the store recorded them (``RunConfig`` fields); a format-1
+        store, which kept none apart, gives its identity."""
+        return dict(getattr(self._source.store, "config", None) or self.identity)
+
     def result_sets(self) -> list[ResultSetInfo]:
         """The store's result sets, the most recently used last."""
         return self._source.result_sets()
@@ -307,6 +313,54 @@ class StoreReader:
             for position in np.flatnonzero(status[signal_rows] == FAILED).tolist():
                 rows.append({"signal": name, "window": position, "reason": str(reasons[signal_rows[position]])})
         return pd.DataFrame(rows, columns=["signal", "window", "reason"])
+
+    def forecast(self, name: str, wanted_set: str | None = None) -> pd.DataFrame | None:
+        """The detector's forecast in a result set: ``timestamp, forecast`` (original units);
+        None when the set has no result for the signal or the pipeline forecasts nothing."""
+        self._check_name(name)
+        chosen = self.result_set(wanted_set)
+        saved = None if chosen is None else self._source.read_result(chosen.id, name)
+        if saved is None or saved.get("forecast") is None or saved.get("forecast_index") is None:
+            return None
+        return pd.DataFrame({"timestamp": saved["forecast_index"], "forecast": saved["forecast"]})
+
+    def to_pandas(self) -> pd.DataFrame:
+        """Every window of every signal, one row each: ``signal, window`` (its position in the
+        signal), ``status`` (pending, done, failed), ``attempts``, ``reason`` (why it failed)."""
+        status, attempts = self._source.read_state()
+        names = {PENDING: "pending", DONE: "done", FAILED: "failed"}
+        reasons = self._source.read_reasons() if (status == FAILED).any() else None
+        frames = []
+        for name in self.signal_names:
+            rows = self._source.rows(name)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "signal": name,
+                        "window": np.arange(len(rows)),
+                        "status": [names.get(int(v), str(v)) for v in status[rows]],
+                        "attempts": attempts[rows].astype("int64"),
+                        "reason": ["" if reasons is None or status[r] != FAILED else str(reasons[r]) for r in rows],
+                    }
+                )
+            )
+        columns = ["signal", "window", "status", "attempts", "reason"]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
+    def to_xarray(self):
+        """The window table (status, attempts, reasons, answers, parsed values; dimensions
+        ``window, sample, step``) as a lazily read ``xarray.Dataset``. Needs the ``export``
+        extra (xarray); format 2 stores only."""
+        try:
+            import xarray as xr
+        except ImportError:
+            raise ResultsUnavailableError("to_xarray needs xarray: install sigray's export extra.") from None
+        if self.format_version == 1:
+            raise ResultsUnavailableError(
+                f"store {self.path} has format 1; run its command once to migrate it, then it opens with xarray."
+            )
+        group = self._source.store.group
+        return xr.open_zarr(group.store, group=f"{group.path}/windows", consolidated=False)
 
     def _check_name(self, name: str) -> None:
         if name not in self.signal_names:

@@ -76,6 +76,10 @@ def frame_of(timestamps: np.ndarray, values: np.ndarray) -> pd.DataFrame:
 
 
 def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> np.ndarray:
+    if pd.api.types.is_datetime64_any_dtype(column):  # a DataFrame's dates (a CSV's are text)
+        if column.isna().any():
+            raise InputError(f"{where}: 'timestamp' has empty cells (row {_first_bad_row(column.isna())}).")
+        return _seconds_of(column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC"))
     if pd.api.types.is_numeric_dtype(column):
         if column.isna().any():
             raise InputError(f"{where}: 'timestamp' has empty cells (row {_first_bad_row(column.isna())}).")
@@ -99,7 +103,12 @@ def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> n
         raise InputError(
             f"{where}: 'timestamp' row {row} ({column.iloc[row - 2]!r}) is neither Unix seconds nor a date."
         )
-    nanoseconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() * 1e9
+    return _seconds_of(parsed)
+
+
+def _seconds_of(dates: pd.Series) -> np.ndarray:
+    """Unix seconds of UTC dates, whole when they all are."""
+    nanoseconds = (dates - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy() * 1e9
     return _whole_if_possible(np.round(nanoseconds) / 1e9)
 
 
@@ -178,6 +187,11 @@ def _value_columns(frame: pd.DataFrame, where: str) -> list[str]:
     columns = list(frame.columns)
     numbered = sorted((c for c in columns if c.isdigit()), key=int)
     if "timestamp" in columns and "value" in columns:
+        if numbered:
+            raise InputError(
+                f"{where}: has a 'value' column and channel columns {numbered[:5]}: name the target channel '0' "
+                "for a multichannel signal (Orion's timestamp,0,1,...), or drop the numbered columns."
+            )
         return ["value"]
     if "timestamp" in columns and numbered:
         expected = [str(k) for k in range(int(numbered[-1]) + 1)]

@@ -108,7 +108,15 @@ def test_bad_settings_are_named_before_anything_is_written(tmp_path, capsys):
         (["--normal", str(signal)], "takes no normal reference signal"),
         (["--pipeline", "mistral_prompter_1shot"], "needs a normal reference signal"),
         (["--fix-error-units", "--pipeline", "mistral_detector_kmeans"], "fix_error_units applies to"),
-        (["--pipeline", "multivariate_mistral_detector_jsonformat"], "is multivariate"),
+        (
+            [
+                "--pipeline",
+                "multivariate_mistral_detector_jsonformat",
+                "--param",
+                "sigllm.primitives.formatting.json_format.format_as_integer#1.trunc=null",
+            ],
+            "sigray needs trunc",
+        ),
         (["--engine-option", "foo=1"], "engine 'test-double' takes no option 'foo'"),
         (["--engine-option", "delay_s=soon"], "engine option delay_s='soon' must be float"),
         (["--engine-option", "base_url"], "expected key=value, got 'base_url'"),

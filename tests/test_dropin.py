@@ -111,8 +111,36 @@ def test_a_pipeline_dict_is_taken_as_stock_takes_it(ray_session, cache):
 
 def test_window_size_on_a_pipeline_without_that_block_is_a_clear_error(cache):
     """Stock sigllm sets it on ml-stars' rolling windows, which prompters lack: a KeyError deep in MLBlocks."""
-    with pytest.raises(ConfigError, match="pipeline has no block 'mlstars.*rolling_window_sequences#1'"):
-        sigray.SigLLM("mistral_prompter", window_size=50).detect(pd.read_csv(nab_signal(SIGNAL)))
+    with pytest.raises(ConfigError, match=r"window_size= sets mlstars.*'sigllm.primitives.prompting.timeseries_pre"):
+        sigray.SigLLM("mistral_prompter", window_size=50)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: sigray.SigLLM("mistral_detecor"), "Did you mean 'mistral_detector'"),
+        (lambda: sigray.SigLLM(hyperparameters=[1, 2]), "hyperparameters must be a dict of blocks"),
+        (lambda: sigray.SigLLM(interval="3600"), r"hyperparameters mlstars.*interval=\"3600\": expected an integer"),
+    ],
+    ids=["typo", "hyperparameters-list", "interval-text"],
+)
+def test_bad_arguments_are_refused_at_construction_as_stock_refuses_them(cache, make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("data", [pd.Series([1.0]), "a.csv", [[0, 1.0]]], ids=["series", "path", "list"])
+def test_data_that_is_no_dataframe_is_named(cache, data):
+    with pytest.raises(sigray.InputError, match="data must be a pandas DataFrame"):
+        sigray.SigLLM("mistral_detector").detect(data)
+
+
+def test_dates_in_a_dataframe_are_read_as_their_unix_seconds(ray_session, cache):
+    data = pd.read_csv(nab_signal(SIGNAL))
+    dated = data.assign(timestamp=pd.to_datetime(data["timestamp"], unit="s"))
+    model = sigray.SigLLM("mistral_detector", interval=3600)
+    pd.testing.assert_frame_equal(model.detect(dated), model.detect(data))
+    assert model.last_result.computed_windows == 0  # the same signal: the dates were its seconds
 
 
 def test_an_unknown_sigray_setting_is_refused_at_once():

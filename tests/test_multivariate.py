@@ -73,8 +73,9 @@ def test_a_single_numbered_channel_is_a_univariate_signal():
         ("timestamp,0,1\n0,1,2\n60,1,oops\n", r"'1' row 3 is not a number \('oops'\)"),
         ("timestamp,0,1\n0,1,2\n60,,2\n", r"'0' row 3 is NaN, empty or infinite"),
         ("time,0,1\n0,1,2\n", r"needs columns 'timestamp' and 'value' \(or, multichannel"),
+        ("timestamp,value,1,2\n0,1,2,3\n", r"has a 'value' column and channel columns \['1', '2'\]"),
     ],
-    ids=["no-target", "gap", "extra-column", "non-numeric-channel", "nan", "no-timestamp"],
+    ids=["no-target", "gap", "extra-column", "non-numeric-channel", "nan", "no-timestamp", "value-and-channels"],
 )
 def test_bad_multichannel_input_is_refused_naming_the_column_and_row(tmp_path, text, message):
     path = tmp_path / "bad.csv"

@@ -124,6 +124,23 @@ def test_store_opens_with_xarray_with_named_dimensions(finished):
     assert result["start"].dims == ("anomaly",) and result["forecast"].sizes["forecast"] > 0
 
 
+def test_the_reader_gives_settings_windows_forecasts_and_an_xarray_view(finished):
+    reader = sigray.open(finished.store)
+    assert reader.settings["pipeline"] == "mistral_detector" and reader.settings["engine"] == "test-double"
+    table = reader.to_pandas()
+    assert list(table.columns) == ["signal", "window", "status", "attempts", "reason"]
+    assert len(table) == sum(state.windows for state in reader.signal_states()) and set(table.status) == {"done"}
+    forecast = reader.forecast(CPU)
+    assert list(forecast.columns) == ["timestamp", "forecast"] and forecast["forecast"].notna().all()
+    pytest.importorskip("xarray")
+    assert reader.to_xarray().sizes["window"] == RunStore.open(finished.store).n_windows
+
+
+def test_the_readers_window_table_shows_a_stopped_runs_pending_windows(stopped):
+    table = sigray.open(stopped).to_pandas()
+    assert {"done", "pending"} <= set(table.status)
+
+
 def test_results_as_parquet_without_pyarrow_names_the_extra(finished, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # `import pyarrow` raises ImportError
     assert cli(["results", finished.store, "--format", "parquet"]) == 2

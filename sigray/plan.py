@@ -157,17 +157,17 @@ def _load(sources: list, unit: str | None, rejected: dict[str, str] | None) -> l
     return signals
 
 
-def _check_same_channels(signals: list[Signal], rejected: dict[str, str] | None) -> None:
+def _check_same_channels(signals: list[Signal]) -> None:
     """The signals of one run share their channel count (issue 18): a run is one layout of
-    data, as a dataset is. Those differing from the first signal are refused (or rejected)."""
+    data, and a mix is more likely a wrong file than a plan. A benchmark (``rejected``) is
+    exempt: its datasets are independent rows, and NASA's SMAP (25) and MSL (55) one folder."""
     for signal in signals[1:]:
         if signal.channels != signals[0].channels:
-            with _or_rejected(rejected, signal.name):
-                raise InputError(
-                    f"signal {signal.name!r} has {signal.channels} channel(s) and {signals[0].name!r} has "
-                    f"{signals[0].channels}: the signals of one run share their channels. Run each layout in a "
-                    "store of its own (sigray benchmark: one per dataset)."
-                )
+            raise InputError(
+                f"signal {signal.name!r} has {signal.channels} channel(s) and {signals[0].name!r} has "
+                f"{signals[0].channels}: the signals of one run share their channels. Run each layout in a "
+                "store of its own, or compare them with sigray benchmark."
+            )
 
 
 @contextlib.contextmanager
@@ -205,7 +205,8 @@ def make_plan(
     started = time.perf_counter()
     pipeline = make_pipeline(config, base_spec)
     signals = _load(sources, config.timestamp_unit, rejected)
-    _check_same_channels(signals, rejected)
+    if rejected is None:
+        _check_same_channels(signals)
     if normal is None and config.normal:
         normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:

@@ -43,17 +43,19 @@ def finished(ray_session, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stopped(ray_session, tmp_path_factory):
-    """A run stopped part-way by a real SIGTERM once 40 windows are done (slow test-double answers,
-    frequent flushes): several flushes are behind it, most windows ahead."""
+    """A run stopped part-way by a real SIGTERM once 24 windows are done (slow test-double answers,
+    frequent flushes): several flushes are behind it, most windows ahead. The margin is wide on
+    purpose: the stop is seen at the next one-second check and the two batches in flight finish
+    (8 windows a second here: about 50 of 111 done); at 26 a second a late check could see all done."""
     import signal
 
     store = str(tmp_path_factory.mktemp("stopped") / "run")
 
-    def stop_at_40(progress) -> None:
-        if progress.done >= 40:
+    def stop_at_24(progress) -> None:
+        if progress.done >= 24:
             os.kill(os.getpid(), signal.SIGTERM)  # handled as a graceful stop while the run is open
 
-    result = sigray.run([nab_signal(CPU)], store, on_progress=stop_at_40, engine_options={"delay_s": 0.3}, **FAST)
+    result = sigray.run([nab_signal(CPU)], store, on_progress=stop_at_24, engine_options={"delay_s": 1.0}, **FAST)
     assert result.stopped and 0 < result.computed_windows < result.total_windows
     return store
 

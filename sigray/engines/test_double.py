@@ -6,10 +6,10 @@ signals; a multivariate one (sigllm's JSON format, ``d0:v,d1:v,...``) with ``ste
 pairs, channel 0 forecast so and the others repeated. It answers a prompter prompt (one
 ending in sigllm's ``[RESPONSE]`` marker, or a chat asking to detect anomalies) with the
 window's outlying values, in the form the prompt asks for (bare numbers, a ``[...]``
-list, index ranges ``[[s, e], ...]`` for sigllm's multivariate prompt, or "no anomalies"). Chat prompts
-(``sampling.chat``) are read as sigllm's JSON message lists. Answers depend only on
-(prompt, seed), never on batching, so a resumed run must reproduce an uninterrupted one
-bit for bit.
+list, index ranges ``[[s, e], ...]`` for sigllm's multivariate prompt, or "no
+anomalies"). Chat prompts (``sampling.chat``) are read as sigllm's JSON message lists.
+Answers depend only on (prompt, seed), never on batching, so a resumed run must
+reproduce an uninterrupted one bit for bit.
 
 Knobs for fault tests: ``garbage_rate`` turns that fraction of (prompt, seed) pairs into
 malformed answers; ``delay_s`` makes each batch take that long; ``log_path`` appends one
@@ -168,9 +168,7 @@ class TestDoubleEngine(Engine):
     def _ranges(self, values: list[int], dimensions: int, rng) -> str:
         """Index ranges of channel 0's outlying steps, as sigllm's multivariate prompt asks."""
         steps = np.asarray(values[: len(values) // dimensions * dimensions], dtype=float).reshape(-1, dimensions)
-        series = steps[:, 0]
-        spread = np.median(np.abs(series - np.median(series))) or 1.0
-        outlying = np.flatnonzero(np.abs(series - np.median(series)) / spread > 3).tolist()
+        outlying = np.flatnonzero(_outlying(steps[:, 0])).tolist()
         ranges = []
         for index in outlying:
             if ranges and index == ranges[-1][1] + 1:
@@ -189,12 +187,17 @@ class TestDoubleEngine(Engine):
     def _anomalies(self, values: list[int], rng, bare: bool) -> str:
         """The values far from the window's median (robust z > 3), a few dropped at random."""
         series = np.asarray(values, dtype=float)
-        spread = np.median(np.abs(series - np.median(series))) or 1.0
-        outlying = sorted({int(v) for v in series[np.abs(series - np.median(series)) / spread > 3]})
+        outlying = sorted({int(v) for v in series[_outlying(series)]})
         named = [v for v in outlying[:5] if rng.random() > 0.2]
         if bare:
             return self.sep.join(str(v) for v in named)
         return "[" + ", ".join(str(v) for v in named) + "]" if named else "no anomalies"
+
+
+def _outlying(series: np.ndarray) -> np.ndarray:
+    """Which values lie far from the series' median (robust z-score over 3)."""
+    spread = np.median(np.abs(series - np.median(series))) or 1.0
+    return np.abs(series - np.median(series)) / spread > 3
 
 
 _JSON_PAIR = re.compile(r"d(\d+):(\d+)")

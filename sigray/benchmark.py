@@ -109,6 +109,7 @@ def benchmark(
     *,
     method: str = "weighted",
     on_progress: Callable[[Progress], None] | None = None,
+    progress: bool = True,
     deadline_s: float | None = None,
     ray_options: dict | None = None,
     new: bool = False,
@@ -118,9 +119,9 @@ def benchmark(
 
     ``method``: Orion's ``weighted`` contextual scores (its benchmark's default: events
     counted by duration) or ``overlap`` (an event counts when any part of it is found).
-    ``new``, ``settings``: as ``sigray.run``. Signals that cannot run are left on their ``ERROR``
-    row and the others run; bad labels, settings or engines refuse the whole benchmark
-    before anything starts (InputError, ConfigError...).
+    ``on_progress``, ``progress``, ``new``, ``settings``: as ``sigray.run``. Signals that
+    cannot run are left on their ``ERROR`` row and the others run; bad labels, settings or
+    engines refuse the whole benchmark before anything starts (InputError, ConfigError...).
     """
     from sigray.api import run_config, run_plan, settled_in
     from sigray.plan import make_plan
@@ -139,7 +140,9 @@ def benchmark(
     plan = make_plan(config, [(s.name, s.path) for s in found], settled=settled_in(config, new), rejected=rejected)
     result = None
     if plan.plans:
-        result = run_plan(plan, on_progress=on_progress, deadline_s=deadline_s, ray_options=ray_options, new=new)
+        result = run_plan(
+            plan, on_progress=on_progress, progress=progress, deadline_s=deadline_s, ray_options=ray_options, new=new
+        )
     rows = [_row(s, plan.pipeline.name, rejected, result, known, METHODS[method]) for s in found]
     table = pd.DataFrame(rows, columns=[*SIGNAL_COLUMNS, *SCORE_COLUMNS, "reason"])
     table = table.astype({"windows": "Int64", "failed_windows": "Int64"})  # blank where a signal did not run

@@ -78,17 +78,15 @@ def _sigterm_stops_gracefully(command):
 def cmd_run(args) -> int:
     from sigray.api import run
 
-    progress = _ProgressPrinter(quiet=args.quiet or args.json)
     result = run(
         _signal_sources(args.signals),
         args.store,
-        on_progress=progress,
+        progress=not (args.quiet or args.json),
         deadline_s=args.deadline,
         ray_options=_ray_options(args),
         new=args.new,
         **_run_settings(args),
     )
-    progress.close()
     return _report(result, args)
 
 
@@ -107,19 +105,17 @@ def cmd_benchmark(args) -> int:
     from sigray.benchmark import benchmark as run_benchmark
 
     _check_output_folder(args.output)  # before any work: a refusal leaves nothing behind
-    progress = _ProgressPrinter(quiet=args.quiet)
     board = run_benchmark(
         args.paths,
         args.store,
         args.labels,
         method=args.method,
-        on_progress=progress,
+        progress=not args.quiet,
         deadline_s=args.deadline,
         ray_options=_ray_options(args),
         new=args.new,
         **_run_settings(args),
     )
-    progress.close()
     written = [os.path.join(args.output, name) for name in ("leaderboard.csv", "datasets.csv", "leaderboard.png")]
     try:
         os.makedirs(args.output, exist_ok=True)
@@ -289,6 +285,10 @@ def _print_result(result) -> None:
         f"generated, {result.failed_windows} failed; {result.retries} retries; {result.elapsed_s:.1f} s. "
         f"Store: {result.store}"
     )
+    if result.prompt_tokens_mean is not None:
+        print(
+            f"prompt tokens per window: {result.prompt_tokens_mean:.0f} on average, {result.prompt_tokens_max} at most"
+        )
     if result.result_set is not None:
         line = f"result set {result.result_set.id} ({result.result_set.name})"
         changed = ", ".join(f"{key} {_value(old)} \u2192 {_value(new)}" for key, old, new in result.detection_changes)
@@ -337,6 +337,9 @@ def _result_json(result) -> dict:
         "retries": result.retries,
         "elapsed_s": round(result.elapsed_s, 3),
         "timings": result.timings,
+        "prompt_tokens": None
+        if result.prompt_tokens_mean is None
+        else {"mean": round(result.prompt_tokens_mean, 1), "max": result.prompt_tokens_max},
         "result_set": None
         if result.result_set is None
         else {"id": result.result_set.id, "name": result.result_set.name},
@@ -353,61 +356,20 @@ def _result_json(result) -> dict:
     }
 
 
-class _ProgressPrinter:
-    """A bar on a terminal; a log line every few seconds otherwise; nothing when quiet."""
-
-    def __init__(self, quiet: bool, every_s: float = 5.0):
-        self.quiet = quiet
-        self.every_s = every_s
-        self.last = 0.0
-        self.bar = None
-
-    def __call__(self, p) -> None:
-        if self.quiet:
-            return
-        if sys.stderr.isatty():
-            self._bar(p)
-        elif time.monotonic() - self.last >= self.every_s:
-            self.last = time.monotonic()
-            left = p.total - p.done - p.failed
-            eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
-            print(
-                f"progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight, "
-                f"{p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
-                file=sys.stderr,
-                flush=True,
-            )
-
-    def _bar(self, p) -> None:
-        from tqdm import tqdm
-
-        if self.bar is None:
-            self.bar = tqdm(total=p.total, unit="win", desc="windows", initial=p.done + p.failed)
-        self.bar.n = p.done + p.failed
-        self.bar.set_postfix(failed=p.failed, retries=p.retries, refresh=False)
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 @_sigterm_stops_gracefully
 def cmd_demo(args) -> int:
     from sigray.demo import run_demo
 
     settings = {"batch_size": 16, **_run_settings(args)}  # smaller batches: steadier progress on a CPU
-    progress = _ProgressPrinter(quiet=args.quiet or args.json)
     outcome = run_demo(
         args.store,
         args.out,
         max_rows=args.max_rows,
-        on_progress=progress,
+        progress=not (args.quiet or args.json),
         ray_options=_ray_options(args),
         new=args.new,
         **settings,
     )
-    progress.close()
     if outcome.picture_error:
         print(f"sigray: warning: no picture: {outcome.picture_error}", file=sys.stderr)
     return _report(outcome.result, args, picture=outcome.picture)
@@ -443,6 +405,9 @@ def cmd_status(args) -> int:
         result = "results saved" if s["has_result"] else "no results yet"
         print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed; {result}")
     print(f"  answers per window: {status['attempts_histogram']}")
+    tokens = status["prompt_tokens"]
+    if tokens is not None:
+        print(f"  prompt tokens per window: {tokens['mean']:.0f} on average, {tokens['max']} at most")
     return 0
 
 
@@ -726,8 +691,9 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--engine",
-        default="vllm",
-        help="vllm, openai (a server: --engine-option base_url=URL), test-double, or package.module:Class",
+        default=None,
+        help="vllm, openai (a server: --engine-option base_url=URL), test-double, or package.module:Class "
+        "(default $SIGRAY_ENGINE, else vllm)",
     )
     run.add_argument("--engine-option", action="append", metavar="KEY=VALUE", help="engine setting (repeatable)")
     run.add_argument("--param", action="append", metavar="BLOCK.PARAM=VALUE", help="pipeline hyperparameter")

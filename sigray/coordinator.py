@@ -110,6 +110,7 @@ class Coordinator:
         self.failed = int(np.count_nonzero(self.needed & (self.status == FAILED)))
         self.retries = 0
         self.requeued = 0
+        self.prompt_tokens = [0, 0, 0]  # windows counted, their tokens, the most in one (answers asked this session)
         self.resumed_settled = self.done + self.failed
         self.timed_out_workers: list[str] = []
         self.started = time.monotonic()
@@ -155,6 +156,12 @@ class Coordinator:
     async def report(self, report: BatchReport) -> None:
         """Record a batch's verdicts (see the module invariants)."""
         self.seen_workers.add(report.worker_id)
+        for tokens in filter(None, report.prompt_tokens):
+            self.prompt_tokens = [
+                self.prompt_tokens[0] + 1,
+                self.prompt_tokens[1] + tokens,
+                max(self.prompt_tokens[2], tokens),
+            ]
         held = self.leases.get(report.lease_id)
         if held is not None and held.worker_id != report.worker_id:
             held = None
@@ -220,6 +227,8 @@ class Coordinator:
             requeued=self.requeued,
             windows_per_s=settled_here / elapsed if has_rate else 0.0,
             finished=self._finished.is_set(),
+            prompt_tokens_mean=self.prompt_tokens[1] / self.prompt_tokens[0] if self.prompt_tokens[0] else None,
+            prompt_tokens_max=self.prompt_tokens[2] or None,
         )
 
     async def health(self) -> Health:
@@ -265,7 +274,7 @@ class Coordinator:
                 )
                 if results.windows.size or status or attempts:
                     await asyncio.to_thread(self.store.flush, results, status, attempts, reasons)
-                    await asyncio.to_thread(self.store.record_progress, *self._saved)
+                    await asyncio.to_thread(self.store.record_progress, *self._saved, self.prompt_tokens)
             except Exception as exc:  # noqa: BLE001 - disk full, lost lease, damaged store: stop cleanly
                 self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
                 log.error(self.fatal)

@@ -59,7 +59,7 @@ class DemoOutcome:
     picture_error: str = ""
 
 
-def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=None, **settings) -> DemoOutcome:
+def run_demo(store: str, picture: str, max_rows: int | None = None, progress: bool = True, **settings) -> DemoOutcome:
     """Run (or resume) the demo and draw its picture; a picture that cannot be drawn never
     costs the run (its results are saved): ``picture_error`` says why."""
     from sigray.api import run
@@ -67,7 +67,7 @@ def run_demo(store: str, picture: str, max_rows: int | None = None, on_progress=
 
     multivariate, settings = demo_settings(store, settings)
     name, frame = demo_signal(max_rows, multivariate)
-    result = run([(name, frame)], store, on_progress=on_progress, **settings)
+    result = run([(name, frame)], store, progress=progress, **settings)
     if result.stopped:
         return DemoOutcome(result=result, picture=None)
     known = demo_labels(name)

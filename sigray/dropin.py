@@ -4,8 +4,12 @@ A notebook written for sigllm 0.2.0 runs unchanged after ``from sigray import Si
 the constructor takes sigllm's ``pipeline, interval, decimal, window_size, hyperparameters``
 (mapped onto the same primitives' hyperparameters as ``sigllm/core.py`` maps them) and
 ``detect(data, normal=None, visualization=False)`` returns sigllm's ``start, end, severity``
-DataFrame. What sigray adds is keyword-only: ``store``, ``engine``, ``model`` and any other
-``RunConfig`` setting.
+DataFrame. What sigray adds is keyword-only: ``store``, ``engine``, ``model``, ``progress``
+and any other ``RunConfig`` setting.
+
+The workers, each with its loaded engine, outlive ``detect``: the next call on the same
+engine and model starts none (a vLLM engine takes 40 s or more to start). ``close()``, the
+end of a ``with SigLLM(...)`` block, or the end of the process frees them.
 
 Defaults a notebook needs no code for: the model named in the hyperparameters (the LLM
 block's ``name``, as sigllm reads ``HF#1.name``), else the machine's default; the engine
@@ -21,11 +25,13 @@ import copy
 import dataclasses
 import os
 import warnings
+import weakref
 
 import pandas as pd
 
 from sigray.config import RunConfig, fingerprint
 from sigray.errors import ConfigError, InputError, SigrayError, SigrayWarning
+from sigray.pool import WorkerPool
 from sigray.signals import signal_from_frame
 
 # sigllm/core.py's keyword arguments and the blocks it sets them on.
@@ -54,8 +60,9 @@ class SigLLM:
         decimal: decimals kept when scaling to integers (``Float2Scalar#1.decimal``).
         window_size: points per window (ml-stars' ``rolling_window_sequences#1.window_size``).
         hyperparameters: ``{"block#1": {"name": value}}`` on top of the pipeline's.
-    Keyword-only (sigray's): ``store`` (a directory or object-store URL), ``on_progress``,
-    ``ray_options``, and any ``RunConfig`` field (``engine``, ``model``, ``workers``...).
+    Keyword-only (sigray's): ``store`` (a directory or object-store URL), ``progress``
+    (False: no progress bar), ``on_progress``, ``ray_options``, and any ``RunConfig`` field
+    (``engine``, ``model``, ``workers``...).
 
     Raises ConfigError or InputError, as ``sigray.run`` does, before any engine starts.
     """
@@ -71,6 +78,7 @@ class SigLLM:
         hyperparameters: dict | None = None,
         *,
         store: str | None = None,
+        progress: bool = True,
         on_progress=None,
         ray_options: dict | None = None,
         **settings,
@@ -100,12 +108,27 @@ class SigLLM:
                 params.setdefault(block, {})[key] = value
         self._hyperparameters = params
         self._store, self._on_progress, self._ray_options = store, on_progress, ray_options
+        self._progress = progress
         self._settings = settings
         unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(RunConfig)})
         if unknown:
             raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
         self._config(None)  # an unknown pipeline, block or value fails here, as stock's MLPipeline does
         self.last_result = None  # the RunResult of the last detect: windows, failures, timings, store
+        self._workers = WorkerPool()
+        # Engines hold processes and GPU memory: closed with this object, or at exit at the latest.
+        self._closer = weakref.finalize(self, self._workers.close)
+
+    def close(self) -> None:
+        """Free the workers and their engines (processes, GPU memory). ``detect`` may still be
+        called: it starts new ones."""
+        self._workers.close()
+
+    def __enter__(self) -> SigLLM:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         name = self._pipeline if isinstance(self._pipeline, str) else "\n    ".join(self._pipeline["primitives"])
@@ -132,7 +155,13 @@ class SigLLM:
         reference = None if normal is None else _normal_signal(normal)
         config, spec = self._config(reference)
         plan = make_plan(config, [signal], base_spec=spec, normal=reference, settled=settled_in(config))
-        result = run_plan(plan, on_progress=self._on_progress, ray_options=self._ray_options)
+        result = run_plan(
+            plan,
+            on_progress=self._on_progress,
+            progress=self._progress,
+            ray_options=self._ray_options,
+            pool=self._workers,
+        )
         self.last_result = result
         if name not in result.signals:
             raise SigrayError(
@@ -159,7 +188,6 @@ class SigLLM:
         settings = {
             "pipeline": self._pipeline if isinstance(self._pipeline, str) else "custom",
             "pipeline_params": self._hyperparameters,
-            "engine": os.environ.get("SIGRAY_ENGINE", "vllm"),
             **self._settings,
         }
         config = run_config(self._store or "unnamed", settings)

@@ -42,6 +42,7 @@ class BatchReport:
     values: np.ndarray  # float32 [k, n_samples, horizon], NaN where invalid
     reasons: list[str] = field(default_factory=list)
     final: list[bool] = field(default_factory=list)
+    prompt_tokens: list[int | None] = field(default_factory=list)  # per window, when the engine counts them
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class Progress:
     requeued: int
     windows_per_s: float
     finished: bool
+    prompt_tokens_mean: float | None = None  # per window asked, in the served model's tokens (this session)
+    prompt_tokens_max: int | None = None
 
     @property
     def pending(self) -> int:

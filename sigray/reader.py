@@ -202,7 +202,8 @@ class StoreReader:
 
     def status(self, wanted_set: str | None = None) -> dict:
         """Counts overall and per signal, failure reasons, the attempts histogram, who holds
-        the write lease, the last flush, and the recent rate with an ETA."""
+        the write lease, the last flush, the recent rate with an ETA, and the prompt tokens
+        per window asked (the served model's count, in the last session that recorded one)."""
         status, attempts = self._source.read_state()
         states = self.signal_states(wanted_set, status)
         rows = self._source.all_rows()
@@ -235,6 +236,7 @@ class StoreReader:
             "windows_per_s": None if rate is None else round(rate, 3),
             "eta_s": 0.0 if pending == 0 else None if not rate else round(pending / rate, 1),
             "attempts_histogram": {str(k): int(v) for k, v in enumerate(np.bincount(attempts[rows], minlength=1)) if v},
+            "prompt_tokens": _prompt_tokens(samples),
             "result_set": None if chosen is None else {"id": chosen.id, "name": chosen.name},
             "result_sets": [{"id": s.id, "name": s.name} for s in self.result_sets()],
             "signals": [vars(s) | {"finished": s.finished} for s in states],
@@ -370,6 +372,15 @@ class StoreReader:
 def open_store(path: str) -> StoreReader:
     """Open a store to read (any format; a newer one is refused with a message)."""
     return StoreReader(path)
+
+
+def _prompt_tokens(samples: list[dict]) -> dict | None:
+    """``{"mean", "max", "windows"}`` from the newest progress sample that counted prompt tokens."""
+    counted = [s["prompt_tokens"] for s in samples if "prompt_tokens" in s]
+    if not counted:
+        return None
+    last = counted[-1]
+    return {"mean": round(last["total"] / last["windows"], 1), "max": last["max"], "windows": last["windows"]}
 
 
 def recent_rate(samples: list[dict]) -> float | None:

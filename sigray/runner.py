@@ -29,6 +29,7 @@ from sigray.engines import engine_class, rate_limits
 from sigray.errors import SigrayError
 from sigray.messages import Progress
 from sigray.plan import RunPlan
+from sigray.pool import CLOSE_S, WorkerPool, close_workers
 from sigray.postprocess import Detections, SignalResult
 from sigray.prepare import prepare_store
 from sigray.rate_limit import Schedule
@@ -36,11 +37,10 @@ from sigray.stopping import StopRequested, init_ray_keeping_stop
 from sigray.storage import client_env
 from sigray.store import FAILED, PENDING
 from sigray.store.result_sets import ResultSetInfo
-from sigray.worker import RECONNECT_S, Worker, WorkerSettings
+from sigray.worker import RECONNECT_S, EngineSpec, Worker, WorkerSettings
 
 log = logging.getLogger(__name__)
 _POLL_S = 1.0
-_CLOSE_S = 15.0
 
 
 def _worker_env(engine_options: dict) -> dict[str, str]:
@@ -74,6 +74,10 @@ class RunResult:
     retries: int = 0
     requeued: int = 0
     workers_replaced: int = 0
+    workers_reused: int = 0  # workers whose engine an earlier run in this process loaded (WorkerPool)
+    # Prompt tokens per window asked by this run, as the served model counts them (None: not counted).
+    prompt_tokens_mean: float | None = None
+    prompt_tokens_max: int | None = None
     elapsed_s: float = 0.0
     windows_per_s: float = 0.0  # windows settled per second while workers ran (engine start excluded)
     stopped: bool = False  # a graceful stop (SIGTERM, deadline): resumable
@@ -101,12 +105,15 @@ def execute(
     ray_options: dict | None = None,
     new: bool = False,
     compute: bool = True,
+    pool: WorkerPool | None = None,
 ) -> RunResult:
     """Run (or resume) the planned run to its end, or to a graceful stop.
 
     ``new``: replace the store (crash-safe; refused while another run holds it).
     ``compute``: False only post-processes (``sigray detect``): signals whose windows
     are not all settled are left ``missing``; no engine and no Ray start.
+    ``pool``: workers kept from an earlier run of this process serve this one, and this
+    run's are kept for the next (their engines stay loaded); without it workers end with the run.
     """
     config = plan.config
     started = time.monotonic()
@@ -129,7 +136,7 @@ def execute(
                 detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
                 phase = time.monotonic()
                 if compute and result.resumed_windows < len(rows):
-                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections)
+                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections, pool)
                 timings["windows_s"] = time.monotonic() - phase
                 result.failed_windows = int(np.count_nonzero(store.read_status()[rows] == FAILED))
                 phase = time.monotonic()
@@ -144,7 +151,7 @@ def execute(
 
 
 def _compute(
-    plan, model_path, prepared, result, on_progress, stop: StopRequested, ray_options, detections: Detections
+    plan, model_path, prepared, result, on_progress, stop: StopRequested, ray_options, detections: Detections, pool
 ) -> None:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -194,35 +201,34 @@ def _compute(
         # A restart forgets the schedule: at worst one burst early.
         name = f"sigray-rate-limits-{prepared.lease.owner[:12]}"
         schedule = ray.remote(Schedule).options(name=name, **beside_driver).remote(limits)
-    worker_settings = WorkerSettings(
-        config.engine,
-        model_path,
-        dict(config.engine_options),
-        plan.sampling,
-        plan.answers,
-        config.constrained,
-        schedule,
-    )
+    spec = EngineSpec(config.engine, model_path, dict(config.engine_options))
+    worker_settings = WorkerSettings(plan.sampling, plan.answers, config.constrained, schedule)
     worker_options = {
         "num_gpus": gpus,
         "num_cpus": config.cpus_per_worker,
         "max_restarts": 0,
         "runtime_env": {"env_vars": _worker_env(config.engine_options)},
     }
-    supervisor = _Supervisor(
-        coordinator, worker_options, worker_settings, config.workers, config.lease_timeout_s, config.load_timeout_s
-    )
+    kept = pool.take(spec, worker_options, config.workers) if pool is not None else {}
+    supervisor = _Supervisor(coordinator, worker_options, spec, worker_settings, config, kept)
     try:
         final = supervisor.supervise(stop, on_progress, between_checks=detections.during_run)
-    finally:
+        idle = supervisor.shutdown(keep=pool is not None)  # a clean end: engines may serve the next run
+    except BaseException:
         supervisor.shutdown()
+        raise
+    finally:
         if schedule is not None:
             ray.kill(schedule, no_restart=True)
+    if pool is not None:
+        pool.keep(spec, worker_options, idle)
     result.computed_windows = final.done + final.failed - result.resumed_windows
     result.retries = final.retries
     result.requeued = final.requeued
     result.windows_per_s = final.windows_per_s
+    result.prompt_tokens_mean, result.prompt_tokens_max = final.prompt_tokens_mean, final.prompt_tokens_max
     result.workers_replaced = supervisor.replaced
+    result.workers_reused = supervisor.reused
     result.stopped = not final.finished
 
 
@@ -233,30 +239,36 @@ class _Supervisor:
         self,
         coordinator,
         worker_options: dict,
+        spec: EngineSpec,
         worker_settings: WorkerSettings,
-        n_workers: int,
-        lease_timeout_s: float,
-        load_timeout_s: float,
+        config,
+        kept: dict[str, object] | None = None,
     ):
         self.coordinator = coordinator
-        self.lease_timeout_s = lease_timeout_s
-        self.load_timeout_s = load_timeout_s
+        self.lease_timeout_s = config.lease_timeout_s
+        self.load_timeout_s = config.load_timeout_s
         self.killed: dict[str, str] = {}  # workers the supervisor killed, and why
         self.worker_options = worker_options
+        self.spec = spec
         self.worker_settings = worker_settings
         self.workers: dict[str, object] = {}
+        self.idle: dict[str, object] = {}  # workers whose run ended cleanly: their engine can serve another run
         self.starting: dict[object, str] = {}  # workers waiting for resources or their process
         self.loading: dict[object, str] = {}  # workers loading their engine
         self.up_at: dict[str, float] = {}  # when each worker's process was seen up (driver's clock)
         self.ready_at: dict[str, float] = {}  # when each worker was seen ready to serve
         self.runs: dict[object, str] = {}
         self.replaced = 0
+        self.reused = len(kept or {})
         # Workers lost in a row with no window settled in between: a crash loop (an engine
         # that cannot load), not preemptions. Progress between losses resets the count.
         self.lost_in_a_row = 0
         self.settled_at_last_loss = -1
-        self.max_lost_in_a_row = 3 * n_workers + 3
-        for _ in range(n_workers):
+        self.max_lost_in_a_row = 3 * config.workers + 3
+        for worker_id, worker in (kept or {}).items():  # engines loaded by an earlier run: ready now
+            self.up_at[worker_id] = self.ready_at[worker_id] = time.monotonic()
+            self._serve(worker_id, worker)
+        for _ in range(config.workers - self.reused):
             self._start_worker()
 
     def _start_worker(self) -> None:
@@ -265,12 +277,15 @@ class _Supervisor:
 
         # Named, so `ray list actors` shows whose it is (and fault tests can find it).
         actor = ray.remote(Worker).options(name=f"sigray-worker-{worker_id}", **self.worker_options)
-        worker = actor.remote(worker_id, self.coordinator, self.worker_settings)
-        self.workers[worker_id] = worker
+        worker = actor.remote(worker_id, self.spec)
         # Called in this order: up once its process is placed, ready once its engine is loaded.
         self.starting[worker.__ray_ready__.remote()] = worker_id
         self.loading[worker.load.remote()] = worker_id
-        self.runs[worker.run.remote()] = worker_id
+        self._serve(worker_id, worker)
+
+    def _serve(self, worker_id: str, worker) -> None:
+        self.workers[worker_id] = worker
+        self.runs[worker.run.remote(self.coordinator, self.worker_settings)] = worker_id
 
     def supervise(self, stop: StopRequested, on_progress, between_checks: Callable[[], None]) -> Progress:
         """Until every window is settled and saved, or a stop; ``between_checks`` runs after each
@@ -343,7 +358,9 @@ class _Supervisor:
         self.ready_at.pop(worker_id, None)
         try:
             ray.get(ref)
-            return  # it ran out of work: the run is finishing or stopping
+            if worker is not None:
+                self.idle[worker_id] = worker  # it ran out of work: the run is finishing or stopping
+            return
         except ray.exceptions.RayError as exc:  # its process died, or its engine failed (EngineFailed)
             cause = self.killed.pop(worker_id, None) or _one_line(exc)
         if worker is not None:
@@ -401,15 +418,24 @@ class _Supervisor:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
             return fallback
 
-    def shutdown(self) -> None:
-        """Close engines gracefully (bounded wait), then end every actor of the run."""
+    def shutdown(self, keep: bool = False) -> dict[str, object]:
+        """End every actor of the run; with ``keep``, return the workers whose run ended cleanly
+        (waiting up to ``CLOSE_S`` for runs still ending) instead of closing them."""
         import ray
 
-        closing = [worker.close.remote() for worker in self.workers.values()]
-        ray.wait(closing, num_returns=len(closing), timeout=_CLOSE_S)
-        for worker in self.workers.values():
-            ray.kill(worker, no_restart=True)
+        if keep and self.runs:
+            ended, _ = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=CLOSE_S)
+            for ref in ended:
+                worker_id = self.runs.pop(ref)
+                try:
+                    ray.get(ref)
+                    self.idle[worker_id] = self.workers.pop(worker_id)
+                except ray.exceptions.RayError:
+                    pass  # closed below with the others
+        kept = dict(self.idle) if keep else {}
+        close_workers([worker for worker_id, worker in {**self.idle, **self.workers}.items() if worker_id not in kept])
         ray.kill(self.coordinator, no_restart=True)
+        return kept
 
 
 def _raise_if_fatal(fatal: str | None) -> None:

@@ -27,16 +27,23 @@ RECONNECT_S = 120.0
 
 
 @dataclass(frozen=True)
+class EngineSpec:
+    """What a worker loads. Workers of equal specs serve one run after another with the
+    engine they loaded (``sigray.pool``)."""
+
+    engine: str
+    model: str
+    engine_options: dict
+
+
+@dataclass(frozen=True)
 class WorkerSettings:
-    """What a worker needs to build its engine and ask for, and check, answers.
+    """What a worker needs for one run: how to ask for answers, and check them.
 
     ``sampling`` is the run's; each window's ``max_tokens`` and regex (when
     ``constrained``) come from its own limits (``AnswerFormat.limits``).
     """
 
-    engine: str
-    model: str
-    engine_options: dict
     sampling: Sampling
     answers: AnswerFormat
     constrained: bool = True
@@ -75,24 +82,23 @@ def validate(
 
 
 class Worker:
-    """Holds one engine; ``run`` serves batches until the coordinator says stop."""
+    """Holds one engine; ``run`` serves a run's batches until its coordinator says stop, and
+    may be called again for another run (the engine stays loaded)."""
 
-    def __init__(self, worker_id: str, coordinator, settings: WorkerSettings):
+    def __init__(self, worker_id: str, spec: EngineSpec):
         self.worker_id = worker_id
-        self.coordinator = coordinator
-        self.settings = settings
+        self.spec = spec
         self.engine = None
         self.load_error: BaseException | None = None
+        self.coordinator = None
+        self.settings: WorkerSettings | None = None
         self.windows_done = 0
         self._unavailable_since: float | None = None  # when the coordinator stopped answering
-        self._sampling = functools.lru_cache(maxsize=256)(settings.sampling_for)
 
     def load(self) -> None:
         """Load the engine: a call of its own, so the driver can time it apart from the wait for resources."""
         try:
-            self.engine = load_engine(self.settings.engine, self.settings.model, self.settings.engine_options)
-            if self.settings.schedule is not None:
-                self.engine.share_schedule(self.settings.schedule.reserve.remote)  # its refs are awaitable
+            self.engine = load_engine(self.spec.engine, self.spec.model, self.spec.engine_options)
         except Exception as exc:  # noqa: BLE001 - any engine's error, made portable to the driver
             self.load_error = _portable(exc)  # `run`, queued behind this call, ends with it
             raise self.load_error from None
@@ -102,10 +108,14 @@ class Worker:
         if self.engine is not None:
             self.engine.close()
 
-    def run(self) -> int:
-        """Serve batches until the run finishes or stops; returns windows answered."""
+    def run(self, coordinator, settings: WorkerSettings) -> int:
+        """Serve ``coordinator``'s batches until its run finishes or stops; returns windows answered."""
         if self.engine is None:
             raise self.load_error or RuntimeError("Worker.run before Worker.load")
+        self.coordinator, self.settings, self.windows_done = coordinator, settings, 0
+        self._sampling = functools.lru_cache(maxsize=256)(settings.sampling_for)
+        if settings.schedule is not None:
+            self.engine.share_schedule(settings.schedule.reserve.remote)  # its refs are awaitable
         try:
             return self._serve()
         except Exception as exc:  # noqa: BLE001 - any engine's error, made portable to the driver
@@ -155,7 +165,16 @@ class Worker:
     def _report(self, batch: Batch, completions: list[Completion]) -> None:
         kept, values, reasons, final = validate(self.settings.answers, completions)
         self.coordinator.report.remote(
-            BatchReport(batch.lease_id, self.worker_id, batch.windows, kept, values, reasons, final)
+            BatchReport(
+                batch.lease_id,
+                self.worker_id,
+                batch.windows,
+                kept,
+                values,
+                reasons,
+                final,
+                [c.prompt_tokens for c in completions],
+            )
         )
         self.windows_done += len(batch.windows)
 

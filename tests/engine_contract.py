@@ -80,6 +80,13 @@ class EngineContract:
         texts = texts_of(engine.generate(prompts, each(FREE, prompts), [1, 2, 3, 4]))
         assert len({answers[0] for answers in texts}) > 1
 
+    def test_prompt_tokens_when_counted_are_the_prompts_length_in_tokens(self, engine):
+        prompts = ["1,2", ",".join(str(v) for v in range(100, 160))]
+        short, long = engine.generate(prompts, each(FREE, prompts), [1, 2])
+        if short.prompt_tokens is None and long.prompt_tokens is None:
+            return  # an engine that does not count them (sigray then reports none)
+        assert 0 < short.prompt_tokens < long.prompt_tokens <= len(prompts[1]) + 2  # a BOS token or two
+
     def test_an_empty_batch_gives_an_empty_list(self, engine):
         assert engine.generate([], [], []) == []
 

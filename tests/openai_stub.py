@@ -105,10 +105,14 @@ class OpenAIStubServer:
             content = {"message": {"role": "assistant", "content": text}} if chat else {"text": text, "logprobs": None}
             choices.append({"index": k, "finish_reason": reason, **content})
         kind = "chat.completion" if chat else "text_completion"
+        answered = sum(len(text) for text in completion.texts)
+        usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": answered}
+        usage["total_tokens"] = completion.prompt_tokens + answered
+        created = int(time.time())
         return (
             200,
             {},
-            {"id": "stub", "object": kind, "created": int(time.time()), "model": self.model, "choices": choices},
+            {"id": "stub", "object": kind, "created": created, "model": self.model, "choices": choices, "usage": usage},
         )
 
     def _handler(self):

@@ -146,3 +146,45 @@ def test_dates_in_a_dataframe_are_read_as_their_unix_seconds(ray_session, cache)
 def test_an_unknown_sigray_setting_is_refused_at_once():
     with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['worker'\]"):
         sigray.SigLLM("mistral_detector", worker=2)
+
+
+def _worker_actors() -> set[str]:
+    import ray
+
+    return {name for name in ray.util.list_named_actors() if name.startswith("sigray-worker-")}
+
+
+def _until(condition, timeout_s: float = 60.0):
+    """Wait for an asynchronous effect (an actor's end) to be seen, up to a bound."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return condition()
+
+
+def test_a_second_detect_serves_with_the_engines_already_loaded_and_close_frees_them(ray_session, cache):
+    data = pd.read_csv(nab_signal(SIGNAL))
+    assert _until(lambda: not _worker_actors())  # none left by earlier tests
+    with sigray.SigLLM("mistral_detector", interval=3600, engine_options={"load_s": 2.0}) as model:
+        model.detect(data)
+        assert model.last_result.workers_reused == 0
+        started = _worker_actors()
+        assert len(started) == 1  # kept, engine loaded, after detect returned
+
+        model.detect(data.assign(value=data["value"] * 2))  # other data: every window new
+        assert model.last_result.computed_windows == model.last_result.total_windows > 0
+        assert model.last_result.workers_reused == 1 and _worker_actors() == started
+    assert _until(lambda: not _worker_actors())  # the block's end closed them
+
+    model.detect(data)  # a closed SigLLM starts workers again when asked
+    assert model.last_result.workers_reused == 0 and model.last_result.computed_windows == 0
+    model.close()
+    assert _until(lambda: not _worker_actors())
+
+
+def test_plain_runs_keep_no_workers(ray_session, tmp_path):
+    hourly = {INTERVAL_PRIMITIVE: {"interval": 3600}}
+    sigray.run([nab_signal(SIGNAL)], str(tmp_path / "store"), engine="test-double", pipeline_params=hourly)
+    assert _until(lambda: not _worker_actors())

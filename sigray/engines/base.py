@@ -68,16 +68,22 @@ class Completion:
         refused: why the engine would not answer this prompt; "" when it answered.
         permanent: the refusal would repeat for the same request (too long for the
             context), so retrying with another seed is pointless.
+        prompt_tokens: the prompt's length in the served model's tokens, when the engine
+            says (vLLM's ``prompt_token_ids``, an OpenAI server's ``usage.prompt_tokens``).
     """
 
     texts: list[str] = field(default_factory=list)
     finish_reasons: list[str | None] = field(default_factory=list)
     refused: str = ""
     permanent: bool = False
+    prompt_tokens: int | None = None
 
     @classmethod
-    def of(cls, texts: list[str], finish_reasons: list[str | None] | None = None) -> Completion:
-        return cls(list(texts), list(finish_reasons) if finish_reasons is not None else [None] * len(texts))
+    def of(
+        cls, texts: list[str], finish_reasons: list[str | None] | None = None, prompt_tokens: int | None = None
+    ) -> Completion:
+        reasons = list(finish_reasons) if finish_reasons is not None else [None] * len(texts)
+        return cls(list(texts), reasons, prompt_tokens=prompt_tokens)
 
     @classmethod
     def refusal(cls, reason: str, permanent: bool) -> Completion:

@@ -203,7 +203,8 @@ class OpenAIEngine(Engine):
             raise
         texts.sort()
         repeat = sampling.n if greedy else 1
-        return Completion.of([t for _, t, _ in texts] * repeat, [r for _, _, r in texts] * repeat)
+        tokens = getattr(response.usage, "prompt_tokens", None)  # servers that count tokens say so
+        return Completion.of([t for _, t, _ in texts] * repeat, [r for _, _, r in texts] * repeat, tokens)
 
     def _close(self) -> None:
         self._run(self._client.close()).result()

@@ -128,7 +128,8 @@ class TestDoubleEngine(Engine):
                     permanent=True,
                 )
         texts = [self._answer(prompt, seed + k, sampling.chat) for k in range(sampling.n)]
-        return Completion.of([t[:room] for t in texts], [LENGTH if len(t) > room else "stop" for t in texts])
+        reasons = [LENGTH if len(t) > room else "stop" for t in texts]
+        return Completion.of([t[:room] for t in texts], reasons, prompt_tokens=len(prompt))  # a character a token
 
     def _answer(self, prompt: str, seed: int, chat: bool) -> str:
         rng = np.random.default_rng([seed & 0xFFFFFFFF, int(_digest(prompt)[:8], 16)])

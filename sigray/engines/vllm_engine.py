@@ -279,4 +279,5 @@ def _completion(output, sampling: Sampling) -> Completion:
     """A finished ``RequestOutput`` as a ``Completion``: its samples in order (a greedy one repeated ``n`` times)."""
     samples = sorted(output.outputs, key=lambda c: c.index)
     repeat = sampling.n if sampling.temperature == 0 else 1
-    return Completion.of([c.text for c in samples] * repeat, [c.finish_reason for c in samples] * repeat)
+    tokens = len(output.prompt_token_ids) if getattr(output, "prompt_token_ids", None) is not None else None
+    return Completion.of([c.text for c in samples] * repeat, [c.finish_reason for c in samples] * repeat, tokens)

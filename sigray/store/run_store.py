@@ -602,8 +602,9 @@ class RunStore:
             for chunk, contents in chunks.items():
                 self.group[f"windows/{name}"][self._chunk_slice(chunk)] = contents
 
-    def record_progress(self, done: int, failed: int) -> None:
-        """Append (time, done, failed) to ``progress.json``, keeping the last few samples.
+    def record_progress(self, done: int, failed: int, prompt_tokens: list[int] | None = None) -> None:
+        """Append (time, done, failed) to ``progress.json``, keeping the last few samples, with
+        this session's prompt tokens (windows counted, their tokens, the most in one) if counted.
 
         Best effort: progress is for people watching, so a failure to write it is logged and
         never stops a run. Samples carry this writer's session, so a rate is never measured
@@ -613,6 +614,12 @@ class RunStore:
             if self._progress is None:
                 self._progress = self.read_progress()
             sample = {"time": time.time(), "done": done, "failed": failed, "session": self._session}
+            if prompt_tokens and prompt_tokens[0]:
+                sample["prompt_tokens"] = {
+                    "windows": prompt_tokens[0],
+                    "total": prompt_tokens[1],
+                    "max": prompt_tokens[2],
+                }
             self._progress = [*self._progress, sample][-PROGRESS_SAMPLES:]
             payload = json.dumps({"samples": self._progress}).encode()
             self.storage.write(f"{self.generation}/{PROGRESS_FILE}", payload)
@@ -635,10 +642,14 @@ def read_array(group, name: str, where: slice, path: str) -> np.ndarray:
 def parse_progress(data: bytes | None) -> list[dict]:
     try:
         samples = json.loads(data)["samples"] if data else []
-        return [
-            {"time": float(s["time"]), "done": int(s["done"]), "failed": int(s["failed"]), "session": str(s["session"])}
-            for s in samples
-        ]
+        parsed = []
+        for s in samples:
+            sample = {"time": float(s["time"]), "done": int(s["done"]), "failed": int(s["failed"])}
+            sample["session"] = str(s["session"])
+            if isinstance(s.get("prompt_tokens"), dict):
+                sample["prompt_tokens"] = {k: int(s["prompt_tokens"][k]) for k in ("windows", "total", "max")}
+            parsed.append(sample)
+        return parsed
     except (ValueError, TypeError, KeyError):
         return []
 

@@ -1,0 +1,66 @@
+"""Showing a run's progress where its user looks: a notebook, a terminal, or a log.
+
+In Jupyter a widget bar (tqdm's notebook display, when ipywidgets is installed); on a
+terminal tqdm's bar; in a log (a batch job's output) a line every few seconds. The runner
+calls a ``ProgressDisplay`` about once a second with a ``Progress``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from sigray.messages import Progress
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (where stderr is no terminal, but a widget can be drawn)."""
+    shell = sys.modules.get("IPython")
+    ipython = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ipython is not None and "IPKernelApp" in getattr(ipython, "config", {})
+
+
+class ProgressDisplay:
+    """Callable with a ``Progress``; ``close()`` when the run ends. ``quiet`` shows nothing."""
+
+    def __init__(self, quiet: bool = False, every_s: float = 5.0):
+        self.quiet = quiet
+        self.every_s = every_s
+        self.last = 0.0
+        self.bar = None
+
+    def __call__(self, p: Progress) -> None:
+        if self.quiet:
+            return
+        if in_notebook() or sys.stderr.isatty():
+            self._bar(p)
+        elif time.monotonic() - self.last >= self.every_s:
+            self.last = time.monotonic()
+            left = p.total - p.done - p.failed
+            eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
+            print(
+                f"progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight, "
+                f"{p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def _bar(self, p: Progress) -> None:
+        if self.bar is None:
+            from tqdm.auto import tqdm  # the notebook's widget in Jupyter, the terminal's bar elsewhere
+
+            self.bar = tqdm(total=p.total, unit="win", desc="windows", initial=p.done + p.failed)
+        self.bar.n = p.done + p.failed
+        self.bar.set_postfix(failed=p.failed, retries=p.retries, refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> ProgressDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

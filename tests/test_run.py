@@ -25,6 +25,11 @@ def test_a_run_finds_the_anomaly_and_saves_everything(ray_session, cpu_signal, t
     assert (status == DONE).all() and (attempts == 1).all()
     saved = sigray.open(store).results().anomalies["cpu_utilization_asg_misconfiguration"]
     pd.testing.assert_frame_equal(saved, anomalies.reset_index(drop=True), check_dtype=False)
+    # Prompt tokens as the engine counted them (the test double: a character a token), each window once.
+    lengths = [len(prompt) for prompt in RunStore.open(store).read_prompts()]
+    assert result.prompt_tokens_mean == pytest.approx(np.mean(lengths)) and result.prompt_tokens_max == max(lengths)
+    tokens = sigray.open(store).status()["prompt_tokens"]
+    assert tokens == {"mean": round(np.mean(lengths), 1), "max": max(lengths), "windows": 111}
 
 
 def test_rerunning_a_finished_run_computes_nothing_and_returns_the_same_anomalies(ray_session, cpu_signal, tmp_path):

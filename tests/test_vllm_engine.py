@@ -69,6 +69,13 @@ class TestVllmEngine(EngineContract):
     """The engine contract, on vLLM."""
 
 
+def test_prompt_tokens_are_the_models_own_count(engine, tiny_model):
+    from transformers import AutoTokenizer
+
+    (completion,) = engine.generate(SERIES_PROMPTS[:1], [FREE], [1])
+    assert completion.prompt_tokens == len(AutoTokenizer.from_pretrained(tiny_model)(SERIES_PROMPTS[0])["input_ids"])
+
+
 def test_regex_constrained_answers_match_the_regex_in_full(engine):
     sampling = Sampling(n=3, temperature=1.0, max_tokens=32, regex=SERIES_REGEX)
     texts = texts_of(

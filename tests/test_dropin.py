@@ -167,7 +167,7 @@ def _until(condition, timeout_s: float = 60.0):
 def test_a_second_detect_serves_with_the_engines_already_loaded_and_close_frees_them(ray_session, cache):
     data = pd.read_csv(nab_signal(SIGNAL))
     assert _until(lambda: not _worker_actors())  # none left by earlier tests
-    with sigray.SigLLM("mistral_detector", interval=3600, engine_options={"load_s": 2.0}) as model:
+    with sigray.SigLLM("mistral_detector", interval=3600) as model:
         model.detect(data)
         assert model.last_result.workers_reused == 0
         started = _worker_actors()

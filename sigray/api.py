@@ -52,6 +52,8 @@ def run(
     Raises InputError, ConfigError, ModelNotFoundError or StoreError before anything is
     written or any engine starts when the input, settings, model or store cannot be used.
     """
+    if not isinstance(progress, bool):
+        raise ConfigError(f"progress must be True or False, not {progress!r}.")
     config = run_config(store, settings)
     plan = make_plan(config, list(signals), settled=settled_in(config, new))
     return run_plan(

@@ -404,10 +404,14 @@ def cmd_status(args) -> int:
     for s in status["signals"]:
         result = "results saved" if s["has_result"] else "no results yet"
         print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed; {result}")
-    print(f"  answers per window: {status['attempts_histogram']}")
+    asked = ", ".join(f"{count} window(s) {answers}" for answers, count in status["attempts_histogram"].items())
+    print(f"  answers asked per window: {asked}")
     tokens = status["prompt_tokens"]
     if tokens is not None:
-        print(f"  prompt tokens per window: {tokens['mean']:.0f} on average, {tokens['max']} at most")
+        print(
+            f"  prompt tokens per window: {tokens['mean']:.0f} on average, {tokens['max']} at most "
+            f"(the last session's {tokens['windows']} answers asked)"
+        )
     return 0
 
 

@@ -80,22 +80,21 @@ class RunConfig:
     timestamp_unit: str | None = None
 
     def __post_init__(self) -> None:
-        checks = {
-            "max_attempts": 1 <= self.max_attempts <= 255,
-            "workers": self.workers >= 1,
-            "batch_size": self.batch_size >= 1,
-            "flush_interval_s": self.flush_interval_s > 0,
-            "lease_timeout_s": self.lease_timeout_s > 0,
-            "load_timeout_s": self.load_timeout_s > 0,
-            "store_lease_s": self.store_lease_s > self.flush_interval_s,
-            "cpus_per_worker": self.cpus_per_worker >= 0,
-            "chunk_windows": self.chunk_windows >= 1,
-            "timestamp_unit": self.timestamp_unit in (None, "s", "ms", "us", "ns"),
+        checks = {  # setting: (valid, the rule)
+            "max_attempts": (1 <= self.max_attempts <= 255, "from 1 to 255"),
+            "workers": (self.workers >= 1, "at least 1"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
+            "flush_interval_s": (self.flush_interval_s > 0, "above 0"),
+            "lease_timeout_s": (self.lease_timeout_s > 0, "above 0"),
+            "load_timeout_s": (self.load_timeout_s > 0, "above 0"),
+            "store_lease_s": (self.store_lease_s > self.flush_interval_s, "above flush_interval_s"),
+            "cpus_per_worker": (self.cpus_per_worker >= 0, "0 or more"),
+            "chunk_windows": (self.chunk_windows >= 1, "at least 1"),
+            "timestamp_unit": (self.timestamp_unit in (None, "s", "ms", "us", "ns"), "s, ms, us or ns"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]
         if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(f"invalid run configuration: {values}.")
+            raise ConfigError(f"invalid run configuration: {', '.join(bad)}.")
         if not self.store:
             raise ConfigError("a store path is required.")
 

@@ -8,8 +8,10 @@ DataFrame. What sigray adds is keyword-only: ``store``, ``engine``, ``model``, `
 and any other ``RunConfig`` setting.
 
 The workers, each with its loaded engine, outlive ``detect``: the next call on the same
-engine and model starts none (a vLLM engine takes 40 s or more to start). ``close()``, the
-end of a ``with SigLLM(...)`` block, or the end of the process frees them.
+engine and model, by this ``SigLLM`` or another in the process, starts none (a vLLM engine
+takes 40 s or more to start; one pool per process, so idle engines never hold the CPUs or
+GPUs another ``SigLLM`` waits for). ``close()``, the end of a ``with SigLLM(...)`` block, or
+the end of the process frees them.
 
 Defaults a notebook needs no code for: the model named in the hyperparameters (the LLM
 block's ``name``, as sigllm reads ``HF#1.name``), else the machine's default; the engine
@@ -21,11 +23,12 @@ and other data or detection settings reuse every answer already paid for.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import dataclasses
+import functools
 import os
 import warnings
-import weakref
 
 import pandas as pd
 
@@ -115,14 +118,13 @@ class SigLLM:
             raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
         self._config(None)  # an unknown pipeline, block or value fails here, as stock's MLPipeline does
         self.last_result = None  # the RunResult of the last detect: windows, failures, timings, store
-        self._workers = WorkerPool()
-        # Engines hold processes and GPU memory: closed with this object, or at exit at the latest.
-        self._closer = weakref.finalize(self, self._workers.close)
+        if not isinstance(progress, bool):
+            raise ConfigError(f"progress must be True or False, not {progress!r}.")
 
     def close(self) -> None:
-        """Free the workers and their engines (processes, GPU memory). ``detect`` may still be
-        called: it starts new ones."""
-        self._workers.close()
+        """Free the idle workers and their engines (processes, GPU memory): this process's, which
+        every ``SigLLM`` shares. ``detect`` may still be called: it starts new ones."""
+        _WORKERS.close()
 
     def __enter__(self) -> SigLLM:
         return self
@@ -150,18 +152,24 @@ class SigLLM:
         if kwargs:
             raise ConfigError(f"detect takes data, normal and visualization; got also {sorted(kwargs)}.")
         signal = signal_from_frame("data", _frame(data, "data"), where="data")
-        name = f"data-{signal.digest()[:12]}"  # the same data: the same signal in the store
-        signal = dataclasses.replace(signal, name=name)
         reference = None if normal is None else _normal_signal(normal)
         config, spec = self._config(reference)
-        plan = make_plan(config, [signal], base_spec=spec, normal=reference, settled=settled_in(config))
-        result = run_plan(
-            plan,
-            on_progress=self._on_progress,
-            progress=self._progress,
-            ray_options=self._ray_options,
-            pool=self._workers,
-        )
+        # The same data is the same signal: under the name the store gives it (sigray.run's file
+        # name), else one made from its digest.
+        name = _stored_name(config.store, signal.digest()) or f"data-{signal.digest()[:12]}"
+        signal = dataclasses.replace(signal, name=name)
+        try:
+            plan = make_plan(config, [signal], base_spec=spec, normal=reference, settled=settled_in(config))
+            result = run_plan(
+                plan,
+                on_progress=self._on_progress,
+                progress=self._progress,
+                ray_options=self._ray_options,
+                pool=_WORKERS,
+            )
+        except (ConfigError, InputError) as exc:
+            raise _retold(exc, _in_python_terms(str(exc), config.pipeline)) from None
+        _close_at_exit()
         self.last_result = result
         if name not in result.signals:
             raise SigrayError(
@@ -204,6 +212,16 @@ class SigLLM:
         return config, spec
 
 
+_WORKERS = WorkerPool()  # one per process: the engines every SigLLM here serves with
+
+
+@functools.cache
+def _close_at_exit() -> None:
+    """Close the engines before Ray's own exit hook ends their processes (hooks run last-registered
+    first, and Ray registers its hook when it starts, before this)."""
+    atexit.register(_WORKERS.close)
+
+
 def _frame(data, what: str) -> pd.DataFrame:
     if not isinstance(data, pd.DataFrame):
         raise InputError(
@@ -219,8 +237,27 @@ def _normal_signal(normal: pd.DataFrame):
     return signal_from_frame("normal", frame, where="normal")
 
 
+def _retold(exc: SigrayError, message: str) -> SigrayError:
+    """``exc`` with another message, of its own class where that class takes a message alone."""
+    try:
+        return type(exc)(message)
+    except TypeError:
+        return (ConfigError if isinstance(exc, ConfigError) else InputError)(message)
+
+
+def _stored_name(store: str, digest: str) -> str | None:
+    """The name of the signal with this data digest in ``store``, if it holds one."""
+    from sigray.store import RunStore
+
+    try:
+        entries = RunStore.open(store, read_only=True).signals
+    except Exception:  # noqa: BLE001 - no store yet, another format: the run itself says what is wrong
+        return None
+    return next((entry.name for entry in entries if entry.digest == digest), None)
+
+
 def _in_python_terms(message: str, pipeline: str) -> str:
-    """A pipeline error as a SigLLM user meets it: the keyword argument, not the CLI's --param."""
+    """An error as a SigLLM user meets it: keyword arguments, not the CLI's options."""
     if f"no block '{WINDOW_SIZE_PRIMITIVE}'" in message:
         blocks = message.split("its blocks are: ")[-1].rstrip(".").split(", ")
         own = [b for b in blocks if "rolling_window_sequences" in b]
@@ -229,4 +266,5 @@ def _in_python_terms(message: str, pipeline: str) -> str:
             f"window_size= sets {WINDOW_SIZE_PRIMITIVE} (as sigllm does), which pipeline {pipeline!r} does not "
             f"have; use {instead}."
         )
-    return message.replace("--param ", "hyperparameters ")
+    message = message.replace("or another --store, or --new to start over", "or another store=")
+    return message.replace("--param ", "hyperparameters ").replace("--store", "store=")

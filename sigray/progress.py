@@ -28,6 +28,7 @@ class ProgressDisplay:
         self.every_s = every_s
         self.last = 0.0
         self.bar = None
+        self.unprinted: Progress | None = None  # a log's latest progress not yet written
 
     def __call__(self, p: Progress) -> None:
         if self.quiet:
@@ -36,14 +37,20 @@ class ProgressDisplay:
             self._bar(p)
         elif time.monotonic() - self.last >= self.every_s:
             self.last = time.monotonic()
-            left = p.total - p.done - p.failed
-            eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
-            print(
-                f"progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in flight, "
-                f"{p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
-                file=sys.stderr,
-                flush=True,
-            )
+            self._line(p)
+        else:
+            self.unprinted = p
+
+    def _line(self, p: Progress) -> None:
+        self.unprinted = None
+        left = p.total - p.done - p.failed
+        eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
+        print(
+            f"{time.strftime('%H:%M:%S')} progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in "
+            f"flight, {p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _bar(self, p: Progress) -> None:
         if self.bar is None:
@@ -55,6 +62,8 @@ class ProgressDisplay:
         self.bar.refresh()
 
     def close(self) -> None:
+        if self.unprinted is not None:  # a log ends with where the run got to
+            self._line(self.unprinted)
         if self.bar is not None:
             self.bar.close()
             self.bar = None

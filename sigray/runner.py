@@ -41,6 +41,7 @@ from sigray.worker import RECONNECT_S, EngineSpec, Worker, WorkerSettings
 
 log = logging.getLogger(__name__)
 _POLL_S = 1.0
+_PLACEMENT_WARNING_S = 30.0  # no worker placed for this long: say which resources are missing
 
 
 def _worker_env(engine_options: dict) -> dict[str, str]:
@@ -214,6 +215,9 @@ def _compute(
     try:
         final = supervisor.supervise(stop, on_progress, between_checks=detections.during_run)
         idle = supervisor.shutdown(keep=pool is not None)  # a clean end: engines may serve the next run
+    except KeyboardInterrupt:  # a second Ctrl-C: quit at once
+        supervisor.shutdown(graceful=False)
+        raise
     except BaseException:
         supervisor.shutdown()
         raise
@@ -258,6 +262,9 @@ class _Supervisor:
         self.up_at: dict[str, float] = {}  # when each worker's process was seen up (driver's clock)
         self.ready_at: dict[str, float] = {}  # when each worker was seen ready to serve
         self.runs: dict[object, str] = {}
+        self.placed: set[str] = set(kept or {})  # workers whose process was ever up (an engine to close)
+        self.created_at = time.monotonic()
+        self.warned_placement = False
         self.replaced = 0
         self.reused = len(kept or {})
         # Workers lost in a row with no window settled in between: a crash loop (an engine
@@ -310,7 +317,7 @@ class _Supervisor:
             if health is not None:
                 self._check(health)
             if stop.requested:
-                log.warning("stop requested: flushing and exiting; run the same command to resume")
+                log.warning("stop requested: flushing and exiting; run it again to resume")
                 progress = ray.get(self.coordinator.stop.remote())
                 self._check_saved()
                 return progress
@@ -387,6 +394,28 @@ class _Supervisor:
             for worker_id in _resolved(pending):
                 if worker_id in self.workers:
                     seen_at[worker_id] = time.monotonic()
+        self.placed.update(self.up_at)
+        if not self.placed and not self.warned_placement:
+            self._warn_if_unplaced()
+
+    def _warn_if_unplaced(self) -> None:
+        """Workers waiting long for CPUs or GPUs are waiting on something else that holds them: say what."""
+        import ray
+
+        if time.monotonic() - self.created_at < _PLACEMENT_WARNING_S:
+            return
+        self.warned_placement = True
+        free = ray.available_resources()
+        log.warning(
+            "no worker could start in %.0f s: each needs %s CPU(s) and %s GPU(s), the cluster has %.4g CPU(s) and "
+            "%.4g GPU(s) free. Other runs hold the rest (in a notebook: close() other SigLLM objects, or "
+            "ray.shutdown()); the run waits for them.",
+            _PLACEMENT_WARNING_S,
+            self.worker_options["num_cpus"],
+            self.worker_options["num_gpus"],
+            free.get("CPU", 0.0),
+            free.get("GPU", 0.0),
+        )
 
     def _requeue(self, worker_id: str) -> int:
         """Have the coordinator requeue a lost worker's windows; returns how many.
@@ -418,13 +447,15 @@ class _Supervisor:
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
             return fallback
 
-    def shutdown(self, keep: bool = False) -> dict[str, object]:
+    def shutdown(self, keep: bool = False, graceful: bool = True) -> dict[str, object]:
         """End every actor of the run; with ``keep``, return the workers whose run ended cleanly
-        (waiting up to ``CLOSE_S`` for runs still ending) instead of closing them."""
+        (waiting up to ``CLOSE_S`` for runs still ending) instead of closing them. Engines get
+        ``CLOSE_S`` to exit (``graceful``; not after a second Ctrl-C); workers never placed none."""
         import ray
 
-        if keep and self.runs:
-            ended, _ = ray.wait(list(self.runs), num_returns=len(self.runs), timeout=CLOSE_S)
+        ending = [ref for ref, worker_id in self.runs.items() if worker_id in self.placed]
+        if keep and ending:
+            ended, _ = ray.wait(ending, num_returns=len(ending), timeout=CLOSE_S)
             for ref in ended:
                 worker_id = self.runs.pop(ref)
                 try:
@@ -433,7 +464,10 @@ class _Supervisor:
                 except ray.exceptions.RayError:
                     pass  # closed below with the others
         kept = dict(self.idle) if keep else {}
-        close_workers([worker for worker_id, worker in {**self.idle, **self.workers}.items() if worker_id not in kept])
+        others = {worker_id: w for worker_id, w in {**self.idle, **self.workers}.items() if worker_id not in kept}
+        close_workers([w for worker_id, w in others.items() if graceful and worker_id in self.placed])
+        for worker in others.values():
+            ray.kill(worker, no_restart=True)
         ray.kill(self.coordinator, no_restart=True)
         return kept
 

@@ -78,14 +78,14 @@ def frame_of(timestamps: np.ndarray, values: np.ndarray) -> pd.DataFrame:
 def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(column):  # a DataFrame's dates (a CSV's are text)
         if column.isna().any():
-            raise InputError(f"{where}: 'timestamp' has empty cells (row {_first_bad_row(column.isna())}).")
+            raise InputError(f"{where}: 'timestamp' has empty cells ({_bad_rows(column, column.isna())}).")
         return _seconds_of(column.dt.tz_localize("UTC") if column.dt.tz is None else column.dt.tz_convert("UTC"))
     if pd.api.types.is_numeric_dtype(column):
         if column.isna().any():
-            raise InputError(f"{where}: 'timestamp' has empty cells (row {_first_bad_row(column.isna())}).")
+            raise InputError(f"{where}: 'timestamp' has empty cells ({_bad_rows(column, column.isna())}).")
         seconds = column.to_numpy(dtype="float64")
         if not np.all(np.isfinite(seconds)):
-            raise InputError(f"{where}: 'timestamp' row {_first_bad_row(~np.isfinite(seconds))} is not finite.")
+            raise InputError(f"{where}: 'timestamp' {_bad_rows(column, ~np.isfinite(seconds))}: not finite.")
         if unit is not None:
             seconds = seconds / TIMESTAMP_UNITS[unit]
         elif np.abs(seconds).max() > LATEST_SECONDS:
@@ -93,15 +93,14 @@ def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> n
         return _whole_if_possible(seconds)
     numbers = pd.to_numeric(column, errors="coerce")
     if numbers.notna().sum() > len(column) / 2:  # mostly Unix seconds: name the cells that are not
-        row = _first_bad_row(numbers.isna())
         raise InputError(
-            f"{where}: 'timestamp' row {row} ({column.iloc[row - 2]!r}) is not a number, as the other timestamps are."
+            f"{where}: 'timestamp' {_bad_rows(column, numbers.isna(), shown=True)}: not a number, as the other "
+            "timestamps are."
         )
     parsed = pd.to_datetime(column, errors="coerce", utc=True, format="mixed")
     if parsed.isna().any():
-        row = _first_bad_row(parsed.isna())
         raise InputError(
-            f"{where}: 'timestamp' row {row} ({column.iloc[row - 2]!r}) is neither Unix seconds nor a date."
+            f"{where}: 'timestamp' {_bad_rows(column, parsed.isna(), shown=True)}: neither Unix seconds nor a date."
         )
     return _seconds_of(parsed)
 
@@ -129,30 +128,34 @@ def _not_seconds(where: str, seconds: np.ndarray) -> str:
     return f"{where}: timestamps up to {biggest:.0f} are after the year 2200 as Unix seconds; {hint}."
 
 
-def _first_bad_row(mask: pd.Series | np.ndarray) -> int:
-    """The 1-based line number in a CSV with a header, of the first True in mask."""
-    return int(np.flatnonzero(np.asarray(mask))[0]) + 2
+def _bad_rows(column: pd.Series, mask, shown: bool = False, most: int = 5) -> str:
+    """Where ``mask`` is True, by the column's row labels (a CSV's line numbers, a DataFrame's
+    index): ``row 7``, ``rows 7, 102 and 3 more``; ``shown`` adds each cell's text."""
+    positions = np.flatnonzero(np.asarray(mask))
+    labels = [f"{column.index[p]} ({column.iloc[p]!r})" if shown else str(column.index[p]) for p in positions[:most]]
+    more = f" and {len(positions) - most} more" if len(positions) > most else ""
+    return ("rows " if len(positions) > 1 else "row ") + ", ".join(labels) + more
 
 
-def _rows(mask: np.ndarray, most: int = 5) -> str:
-    rows = (np.flatnonzero(mask) + 2).tolist()
+def _rows(mask: np.ndarray, labels: pd.Index, most: int = 5) -> str:
+    rows = [str(labels[p]) for p in np.flatnonzero(mask)]
     more = f" and {len(rows) - most} more" if len(rows) > most else ""
-    return ", ".join(map(str, rows[:most])) + more
+    return ", ".join(rows[:most]) + more
 
 
-def _warn_if_odd(where: str, timestamps: np.ndarray) -> None:
+def _warn_if_odd(where: str, timestamps: np.ndarray, labels: pd.Index) -> None:
     steps = np.diff(timestamps)
     back = np.concatenate([[False], steps < 0])
     same = pd.Series(timestamps).duplicated().to_numpy()  # repeated anywhere, sorted or not
     if back.any():
         warnings.warn(
-            f"{where}: timestamps go back in time at row(s) {_rows(back)}; sigllm's aggregation sorts them.",
+            f"{where}: timestamps go back in time at row(s) {_rows(back, labels)}; sigllm's aggregation sorts them.",
             SigrayWarning,
             stacklevel=3,
         )
     if same.any():
         warnings.warn(
-            f"{where}: timestamps repeat at row(s) {_rows(same)}; sigllm's aggregation averages their values.",
+            f"{where}: timestamps repeat at row(s) {_rows(same, labels)}; sigllm's aggregation averages their values.",
             SigrayWarning,
             stacklevel=3,
         )
@@ -164,7 +167,8 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None, 
 
     ``unit``: what numeric timestamps count (``s``, ``ms``, ``us``, ``ns``); by default
     seconds, and numbers too large for seconds are refused naming the likely unit.
-    Raises InputError naming the signal, the column and the first bad row.
+    Raises InputError naming the signal, the column and the bad rows, by the frame's index
+    labels (``load_signal`` labels a CSV's rows with their line numbers).
     """
     where = where or f"signal {name!r}"
     frame = frame.rename(columns=lambda c: str(c).strip())
@@ -176,7 +180,7 @@ def signal_from_frame(name: str, frame: pd.DataFrame, where: str | None = None, 
     values = np.column_stack([_numbers(frame[column], where, column) for column in channels])
     values = values[:, 0] if len(channels) == 1 else values
     timestamps = np.asarray(_timestamps_as_seconds(frame["timestamp"], where, unit))
-    _warn_if_odd(where, timestamps)
+    _warn_if_odd(where, timestamps, frame.index)
     timestamps.setflags(write=False)
     values.setflags(write=False)
     return Signal(name=name, timestamps=timestamps, values=values)
@@ -215,12 +219,11 @@ def _numbers(column: pd.Series, where: str, name: str) -> np.ndarray:
     values = pd.to_numeric(column, errors="coerce")
     bad = values.isna() & column.notna()
     if bad.any():
-        row = _first_bad_row(bad)
-        raise InputError(f"{where}: {name!r} row {row} is not a number ({column.iloc[row - 2]!r}).")
+        raise InputError(f"{where}: {name!r} {_bad_rows(column, bad, shown=True)}: not a number.")
     values = values.to_numpy(dtype="float64")
     if not np.all(np.isfinite(values)):
-        row = _first_bad_row(~np.isfinite(values))
-        raise InputError(f"{where}: {name!r} row {row} is NaN, empty or infinite; fill or drop it first.")
+        rows = _bad_rows(column, ~np.isfinite(values))
+        raise InputError(f"{where}: {name!r} {rows}: NaN, empty or infinite; fill or drop them first.")
     return values
 
 
@@ -243,6 +246,7 @@ def load_signal(path: str, name: str | None = None, unit: str | None = None) -> 
         raise InputError(f"{path}: the file is empty.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: not a readable CSV file ({exc}).") from None
+    frame.index = pd.RangeIndex(2, len(frame) + 2)  # rows named by their line in the file (the header is line 1)
     return signal_from_frame(name or name_of(path), frame, where=path, unit=unit)
 
 

@@ -20,10 +20,10 @@ GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i i
         ("empty.csv", "", "the file is empty"),
         ("header_only.csv", "timestamp,value\n", "has no rows"),
         ("wrong_columns.csv", "time,val\n1,2\n", "needs columns 'timestamp' and 'value'"),
-        ("text_value.csv", "timestamp,value\n1,2\n2,abc\n", "'value' row 3 is not a number"),
-        ("nan_value.csv", "timestamp,value\n1,2\n2,\n", "'value' row 3 is NaN"),
-        ("inf_value.csv", "timestamp,value\n1,2\n2,inf\n", "'value' row 3 is NaN, empty or infinite"),
-        ("bad_date.csv", "timestamp,value\n2020-01-01,2\nsoon,3\n", "row 3 ('soon') is neither"),
+        ("text_value.csv", "timestamp,value\n1,2\n2,abc\n", "'value' row 3 ('abc'): not a number"),
+        ("nan_value.csv", "timestamp,value\n1,2\n2,\n", "'value' row 3: NaN"),
+        ("inf_value.csv", "timestamp,value\n1,2\n2,inf\n", "'value' row 3: NaN, empty or infinite"),
+        ("bad_date.csv", "timestamp,value\n2020-01-01,2\nsoon,3\n", "row 3 ('soon'): neither"),
         ("short.csv", "timestamp,value\n" + "".join(f"{i * 300},{i}\n" for i in range(100)), "too short for one"),
         ("one_row.csv", "timestamp,value\n1400000000,5\n", "too short for one window"),
         ("semicolons.csv", "timestamp;value\n1;2\n2;3\n", "missing ['timestamp', 'value'], found ['timestamp;value']"),
@@ -31,7 +31,7 @@ GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i i
         ("negative_huge.csv", GOOD.replace(",5\n", ",-2e17\n", 1), "past int64's 9.22e+18"),
         ("nan_timestamp.csv", "timestamp,value\n1,2\n,3\n", "'timestamp' has empty cells (row 3)"),
         ("binary.csv", bytes(range(256)) * 20, "not a readable CSV file"),
-        ("text_timestamp.csv", GOOD.replace("1400001200,", "abc,", 1), "'timestamp' row 6 ('abc') is not a number"),
+        ("text_timestamp.csv", GOOD.replace("1400001200,", "abc,", 1), "'timestamp' row 6 ('abc'): not a number"),
         ("extra_field.csv", GOOD.replace("\n", ",7\n").replace(",7\n", "\n", 1), "more fields than the header"),
     ],
 )
@@ -167,7 +167,7 @@ def test_bad_input_against_an_existing_store_changes_nothing_in_it(tmp_path, cap
     before = _hashes(store)
     flag = ["--new"] if new else []
     cases = [
-        ([str(bad)], "'value' row 3 is NaN"),
+        ([str(bad)], "'value' row 3: NaN"),
         ([str(tmp_path / "sgi.csv")], "sgi.csv: no such file"),  # a typo in the signal's path
         ([str(good), "--pipeline", "mistral_detecor"], "unknown pipeline 'mistral_detecor'"),
         ([str(good), "--max-attempts", "0"], "invalid run configuration"),

@@ -176,6 +176,10 @@ def test_a_second_detect_serves_with_the_engines_already_loaded_and_close_frees_
         model.detect(data.assign(value=data["value"] * 2))  # other data: every window new
         assert model.last_result.computed_windows == model.last_result.total_windows > 0
         assert model.last_result.workers_reused == 1 and _worker_actors() == started
+
+        other = sigray.SigLLM("mistral_detector", interval=3600)  # the process's engines serve every SigLLM
+        other.detect(data.assign(value=data["value"] * 3))
+        assert other.last_result.workers_reused == 1 and _worker_actors() == started
     assert _until(lambda: not _worker_actors())  # the block's end closed them
 
     model.detect(data)  # a closed SigLLM starts workers again when asked
@@ -187,4 +191,48 @@ def test_a_second_detect_serves_with_the_engines_already_loaded_and_close_frees_
 def test_plain_runs_keep_no_workers(ray_session, tmp_path):
     hourly = {INTERVAL_PRIMITIVE: {"interval": 3600}}
     sigray.run([nab_signal(SIGNAL)], str(tmp_path / "store"), engine="test-double", pipeline_params=hourly)
+    assert _until(lambda: not _worker_actors())
+
+
+def test_bad_rows_of_a_dataframe_are_named_by_its_index_labels(cache):
+    data = pd.read_csv(nab_signal(SIGNAL))
+    data.index = data.index + 1000
+    data.loc[[1005, 1100, 3000], "value"] = float("nan")
+    with pytest.raises(sigray.InputError, match=r"'value' rows 1005, 1100, 3000: NaN, empty or infinite"):
+        sigray.SigLLM("mistral_detector").detect(data)
+
+
+def test_a_too_short_signal_is_explained_in_python_terms(cache):
+    data = pd.read_csv(nab_signal(SIGNAL)).iloc[:100]
+    with pytest.raises(sigray.InputError, match=r"too short.*hyperparameters mlstars") as refused:
+        sigray.SigLLM("mistral_detector").detect(data)
+    assert "--param" not in str(refused.value)
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_progress_is_true_or_false(value):
+    with pytest.raises(ConfigError, match="progress must be True or False"):
+        sigray.SigLLM("mistral_detector", progress=value)
+    with pytest.raises(ConfigError, match="progress must be True or False"):
+        sigray.run([], "unused", progress=value)
+
+
+def test_workers_that_cannot_be_placed_are_named_and_a_stop_does_not_wait_for_them(
+    ray_session, tmp_path, caplog, monkeypatch
+):
+    import sigray.runner
+
+    monkeypatch.setattr(sigray.runner, "_PLACEMENT_WARNING_S", 1.0)
+    hourly = {INTERVAL_PRIMITIVE: {"interval": 3600}}
+    result = sigray.run(
+        [nab_signal(SIGNAL)],
+        str(tmp_path / "store"),
+        engine="test-double",
+        pipeline_params=hourly,
+        cpus_per_worker=64,  # more than the cluster has: the worker waits for CPUs that never come
+        deadline_s=8,
+        progress=False,
+    )
+    assert result.stopped and result.computed_windows == 0
+    assert "no worker could start" in caplog.text and "each needs 64 CPU(s)" in caplog.text
     assert _until(lambda: not _worker_actors())

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+import sigray
 from sigray.testing.processes import reap_orphans
 from tests.conftest import nab_signal
 
@@ -161,3 +162,7 @@ def test_the_tutorial_runs_from_top_to_bottom(tmp_path, short_tmp, monkeypatch):
     assert "F1" in text and "mistral_detector on" in text
     assert any("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
     assert (tmp_path / "tutorial-store").is_dir() and (tmp_path / "tutorial.png").is_file()
+    # The run and detect held the same data: one signal, whose results are complete in every set.
+    store = sigray.open(str(tmp_path / "tutorial-store"))
+    assert store.signal_names == ["cpu_utilization_asg_misconfiguration"]
+    assert all(store.results(chosen.id).complete for chosen in store.result_sets())

@@ -87,6 +87,8 @@ class SigLLM:
         **settings,
     ):
         pipeline = pipeline or self.DEFAULT_PIPELINE
+        if not isinstance(progress, bool):
+            raise ConfigError(f"progress must be True or False, not {progress!r}.")
         if not isinstance(pipeline, (str, dict)):
             raise ConfigError(
                 f"sigray.SigLLM takes a pipeline name, JSON path or dict, not {type(pipeline).__name__} "
@@ -118,8 +120,6 @@ class SigLLM:
             raise ConfigError(f"unknown setting(s) {unknown}; see sigray.RunConfig for the settings a run takes.")
         self._config(None)  # an unknown pipeline, block or value fails here, as stock's MLPipeline does
         self.last_result = None  # the RunResult of the last detect: windows, failures, timings, store
-        if not isinstance(progress, bool):
-            raise ConfigError(f"progress must be True or False, not {progress!r}.")
 
     def close(self) -> None:
         """Free the idle workers and their engines (processes, GPU memory): this process's, which

@@ -55,7 +55,8 @@ def run(
     if not isinstance(progress, bool):
         raise ConfigError(f"progress must be True or False, not {progress!r}.")
     config = run_config(store, settings)
-    plan = make_plan(config, list(signals), settled=settled_in(config, new))
+    with ProgressDisplay(quiet=not progress) as planning:
+        plan = make_plan(config, list(signals), settled=settled_in(config, new), on_planned=planning.planned)
     return run_plan(
         plan, on_progress=on_progress, progress=progress, deadline_s=deadline_s, ray_options=ray_options, new=new
     )

@@ -23,6 +23,7 @@ import pandas as pd
 from sigray.errors import InputError
 from sigray.evaluate import METHODS, confusion, load_labels, scores
 from sigray.messages import Progress
+from sigray.progress import ProgressDisplay
 from sigray.runner import RunResult
 from sigray.signals import name_of
 
@@ -137,7 +138,11 @@ def benchmark(
         )
     config = run_config(store, settings)
     rejected: dict[str, str] = {}
-    plan = make_plan(config, [(s.name, s.path) for s in found], settled=settled_in(config, new), rejected=rejected)
+    with ProgressDisplay(quiet=not progress) as planning:
+        sources = [(s.name, s.path) for s in found]
+        plan = make_plan(
+            config, sources, settled=settled_in(config, new), rejected=rejected, on_planned=planning.planned
+        )
     result = None
     if plan.plans:
         result = run_plan(

@@ -188,8 +188,12 @@ def make_plan(
     normal: Signal | None = None,
     settled: Callable[[str], Mapping[str, str]] | None = None,
     rejected: dict[str, str] | None = None,
+    on_planned: Callable[[int, int], None] | None = None,
 ) -> RunPlan:
     """Load and check the signals, window them with sigllm, and name the run's work.
+
+    ``on_planned(k, n)`` is called as each of the ``n`` signals is windowed (progress, for
+    runs of hundreds of signals).
 
     ``settled``: given the generation's fingerprint, the signals (name -> data digest) the
     run's store holds under it with every window settled (``sigray.prepare.settled_signals``);
@@ -226,10 +230,12 @@ def make_plan(
     generation = fingerprint(identity)
     known = settled(generation) if settled else {}
     plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
-    for plan in plans:
+    for k, plan in enumerate(plans, 1):
         if known.get(plan.signal.name) != plan.signal.digest():
             with _or_rejected(rejected, plan.signal.name):
                 plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
+        if on_planned is not None:
+            on_planned(k, len(plans))
     plans = [plan for plan in plans if plan.signal.name not in (rejected or {})]
     detection = pipeline.detection_settings()
     return RunPlan(

@@ -82,6 +82,7 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
         notes += store.repair(_KnownRequests(plan, store))
         before = store.n_windows
         changed = [p for p in plan.plans if _registered_digest(store, p.signal.name) != p.signal.digest()]
+        notes += [_new_version(store.signal(p.signal.name), p.signal) for p in changed if store.signal(p.signal.name)]
         store.add_signals([plan.new_signal(p) for p in changed])
         entries = [store.signal(p.signal.name) for p in plan.plans]
         return PreparedStore(store, lease, entries, store.n_windows - before, notes)
@@ -92,6 +93,20 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
 
 def _holds_nothing(storage) -> bool:
     return storage.is_empty() or all(key in _LEASE_FILES for key in storage.list())
+
+
+def _new_version(held, signal) -> str:
+    """A signal name the store knows, given other data: an extension, or (often a mistake) other data."""
+    points = len(signal.timestamps)
+    how = (
+        f"extended from {held.n_points} to {points} points"
+        if points > held.n_points
+        else (f"its data changed ({held.n_points} points held, {points} given)")
+    )
+    return (
+        f"signal {signal.name!r}: {how}; its results are for this version, and windows shared with the one held "
+        "are not asked again (if this is another signal, give it another name)"
+    )
 
 
 def _registered_digest(store: RunStore, name: str) -> str | None:

@@ -29,6 +29,7 @@ class ProgressDisplay:
         self.last = 0.0
         self.bar = None
         self.unprinted: Progress | None = None  # a log's latest progress not yet written
+        self.planning_since: float | None = None
 
     def __call__(self, p: Progress) -> None:
         if self.quiet:
@@ -60,6 +61,19 @@ class ProgressDisplay:
         self.bar.n = p.done + p.failed
         self.bar.set_postfix(failed=p.failed, retries=p.retries, refresh=False)
         self.bar.refresh()
+
+    def planned(self, done: int, total: int) -> None:
+        """Planning's progress (``make_plan``'s ``on_planned``): a line every ``every_s`` once it
+        has taken that long, as windowing hundreds of signals does."""
+        if self.quiet:
+            return
+        now = time.monotonic()
+        self.planning_since = self.planning_since or now
+        if now - self.planning_since >= self.every_s and now - self.last >= self.every_s:
+            self.last = now
+            print(
+                f"{time.strftime('%H:%M:%S')} planning: {done} of {total} signals windowed", file=sys.stderr, flush=True
+            )
 
     def close(self) -> None:
         if self.unprinted is not None:  # a log ends with where the run got to

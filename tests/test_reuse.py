@@ -106,13 +106,16 @@ def test_a_signal_under_another_name_generates_nothing(ray_session, tmp_path):
         (CPU, False),  # a new minimum in the new rows: sigllm's Float2Scalar shifts every prompt
     ],
 )
-def test_an_extended_signal_generates_only_its_new_windows_and_equals_a_fresh_run(ray_session, tmp_path, name, reused):
+def test_an_extended_signal_generates_only_its_new_windows_and_equals_a_fresh_run(
+    ray_session, tmp_path, caplog, name, reused
+):
     store, log = str(tmp_path / "run"), str(tmp_path / "log")
     whole = pd.read_csv(nab_signal(name))
     shorter = whole.iloc[: int(len(whole) / 1.1)]
     _run([(name, shorter)], store, log)
     before = _generated(log)
     extended = _run([(name, whole)], store, log)
+    assert f"signal '{name}': extended from {len(shorter)} to {len(whole)} points" in caplog.text  # said, not silent
     store_now = RunStore.open(store)
     keys_used = {_digest(store_now.read_prompts()[r]) for r in store_now.signal_rows(store_now.signal(name))}
     added = _generated(log) - before
@@ -121,6 +124,15 @@ def test_an_extended_signal_generates_only_its_new_windows_and_equals_a_fresh_ru
     if reused:  # answers kept from the shorter signal give what a fresh run would
         fresh = _run([(name, whole)], str(tmp_path / "fresh"))
         pd.testing.assert_frame_equal(extended.anomalies[name], fresh.anomalies[name])
+
+
+def test_other_data_under_a_name_the_store_knows_is_said_not_silently_taken(ray_session, tmp_path, caplog):
+    name = "cpu_utilization_asg_misconfiguration"
+    data = pd.read_csv(nab_signal(name))
+    _run([(name, data)], str(tmp_path / "run"))
+    _run([(name, data.assign(value=data["value"] * 2))], str(tmp_path / "run"))
+    assert f"signal '{name}': its data changed ({len(data)} points held, {len(data)} given)" in caplog.text
+    assert "give it another name" in caplog.text
 
 
 def test_a_signals_answers_do_not_depend_on_the_signals_beside_it(ray_session, tmp_path):

@@ -101,6 +101,16 @@ def ray_session(short_tmp):
     ray.shutdown()
 
 
+@pytest.fixture(autouse=True)
+def no_idle_engines_left():
+    """``sigray.SigLLM`` keeps its engines loaded for the next call in the process (sigray.pool):
+    each test starts with none, holding no CPU another test's run waits for."""
+    yield
+    from sigray.dropin import _WORKERS
+
+    _WORKERS.close()
+
+
 @pytest.fixture
 def ray_must_not_start(monkeypatch):
     """Fails the test if sigray would start or join Ray (whether or not another test left Ray running)."""

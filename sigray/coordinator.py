@@ -156,12 +156,10 @@ class Coordinator:
     async def report(self, report: BatchReport) -> None:
         """Record a batch's verdicts (see the module invariants)."""
         self.seen_workers.add(report.worker_id)
-        for tokens in filter(None, report.prompt_tokens):
-            self.prompt_tokens = [
-                self.prompt_tokens[0] + 1,
-                self.prompt_tokens[1] + tokens,
-                max(self.prompt_tokens[2], tokens),
-            ]
+        counted = [tokens for tokens in report.prompt_tokens if tokens]
+        if counted:
+            windows, total, most = self.prompt_tokens
+            self.prompt_tokens = [windows + len(counted), total + sum(counted), max(most, *counted)]
         held = self.leases.get(report.lease_id)
         if held is not None and held.worker_id != report.worker_id:
             held = None

@@ -9,11 +9,8 @@ needs). ``close()`` frees them; so does the end of the process (Ray ends a drive
 
 from __future__ import annotations
 
-import logging
-
 from sigray.worker import EngineSpec
 
-log = logging.getLogger(__name__)
 CLOSE_S = 15.0  # how long engines get to exit gracefully before their actors are killed
 
 
@@ -23,9 +20,6 @@ class WorkerPool:
     def __init__(self):
         self._key: tuple[EngineSpec, dict] | None = None
         self._idle: dict[str, object] = {}
-
-    def __len__(self) -> int:
-        return len(self._idle)
 
     def take(self, spec: EngineSpec, options: dict, n: int) -> dict[str, object]:
         """Up to ``n`` idle workers that loaded ``spec`` with ``options``; the others are closed."""

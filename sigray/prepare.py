@@ -82,7 +82,9 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
         notes += store.repair(_KnownRequests(plan, store))
         before = store.n_windows
         changed = [p for p in plan.plans if _registered_digest(store, p.signal.name) != p.signal.digest()]
-        notes += [_new_version(store.signal(p.signal.name), p.signal) for p in changed if store.signal(p.signal.name)]
+        for held, p in ((store.signal(p.signal.name), p) for p in changed):
+            if held is not None:
+                notes.append(_new_version(held, p.signal))
         store.add_signals([plan.new_signal(p) for p in changed])
         entries = [store.signal(p.signal.name) for p in plan.plans]
         return PreparedStore(store, lease, entries, store.n_windows - before, notes)

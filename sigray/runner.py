@@ -464,9 +464,10 @@ class _Supervisor:
                 except ray.exceptions.RayError:
                     pass  # closed below with the others
         kept = dict(self.idle) if keep else {}
-        others = {worker_id: w for worker_id, w in {**self.idle, **self.workers}.items() if worker_id not in kept}
-        close_workers([w for worker_id, w in others.items() if graceful and worker_id in self.placed])
-        for worker in others.values():
+        ending = self.workers if keep else {**self.idle, **self.workers}
+        placed = [w for worker_id, w in ending.items() if worker_id in self.placed]
+        close_workers(placed if graceful else [])  # closes and kills them
+        for worker in ending.values():  # the rest at once (never placed, no time to close); twice is harmless
             ray.kill(worker, no_restart=True)
         ray.kill(self.coordinator, no_restart=True)
         return kept

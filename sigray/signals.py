@@ -128,19 +128,19 @@ def _not_seconds(where: str, seconds: np.ndarray) -> str:
     return f"{where}: timestamps up to {biggest:.0f} are after the year 2200 as Unix seconds; {hint}."
 
 
-def _bad_rows(column: pd.Series, mask, shown: bool = False, most: int = 5) -> str:
-    """Where ``mask`` is True, by the column's row labels (a CSV's line numbers, a DataFrame's
-    index): ``row 7``, ``rows 7, 102 and 3 more``; ``shown`` adds each cell's text."""
+def _rows(mask, labels: pd.Index, cells: pd.Series | None = None, most: int = 5) -> str:
+    """The labels where ``mask`` is True (a CSV's line numbers, a DataFrame's index), the first
+    ``most`` named: ``7, 102 and 3 more``; with ``cells``, each cell's text beside its label."""
     positions = np.flatnonzero(np.asarray(mask))
-    labels = [f"{column.index[p]} ({column.iloc[p]!r})" if shown else str(column.index[p]) for p in positions[:most]]
+    named = [str(labels[p]) if cells is None else f"{labels[p]} ({cells.iloc[p]!r})" for p in positions[:most]]
     more = f" and {len(positions) - most} more" if len(positions) > most else ""
-    return ("rows " if len(positions) > 1 else "row ") + ", ".join(labels) + more
+    return ", ".join(named) + more
 
 
-def _rows(mask: np.ndarray, labels: pd.Index, most: int = 5) -> str:
-    rows = [str(labels[p]) for p in np.flatnonzero(mask)]
-    more = f" and {len(rows) - most} more" if len(rows) > most else ""
-    return ", ".join(rows[:most]) + more
+def _bad_rows(column: pd.Series, mask, shown: bool = False) -> str:
+    """``row 7`` or ``rows 7, 102 and 3 more`` of ``column``; ``shown`` adds each cell's text."""
+    word = "rows " if np.count_nonzero(np.asarray(mask)) > 1 else "row "
+    return word + _rows(mask, column.index, column if shown else None)
 
 
 def _warn_if_odd(where: str, timestamps: np.ndarray, labels: pd.Index) -> None:

@@ -13,7 +13,11 @@ microseconds, so what is measured is sigray and sigllm around the windows), batc
 2. **rerun**: the same command again, everything saved: nothing to compute.
 
 ``--driver-only`` post-processes every signal in the driver (no Ray tasks at the run's end),
-to compare with the default in the same session.
+to compare with the default in the same session. ``--plan-memory-mb M`` sets the driver's
+budget for preprocessed signals (``SIGRAY_PLAN_MEMORY_MB``, default 1024): past it a signal's
+prompts are made again where they are used, so the driver's peak stays near M (issue 16.2):
+
+    .venv/bin/python benchmarks/scale.py --rows 200000 --signals 4 --signals 38 --plan-memory-mb 64
 
 Each run is one ``sigray run`` process timed from outside; its peak RSS (the driver alone,
 not Ray's processes) is sampled every 50 ms with psutil. Prints a table and writes
@@ -83,8 +87,11 @@ def main() -> None:
         action="store_true",
         help="post-process in the driver alone (no Ray tasks), to compare with the default",
     )
+    parser.add_argument("--plan-memory-mb", type=float, help="SIGRAY_PLAN_MEMORY_MB for the runs (default 1024)")
     args = parser.parse_args()
     env = {"SIGRAY_POST_PROCESSING_TASKS_FROM": str(10**9)} if args.driver_only else {}
+    if args.plan_memory_mb is not None:
+        env["SIGRAY_PLAN_MEMORY_MB"] = str(args.plan_memory_mb)
     counts = args.signals or [10, 100, 500]
     os.makedirs(args.out, exist_ok=True)
     paths = make_signals(os.path.join(args.out, "signals"), max(counts), args.rows)

@@ -198,6 +198,7 @@ def _requests(plan: RunPlan):
     """Each window's (prompt, sampling) an engine may be asked, signal by signal, as workers will
     ask: lazily, since the engine's checks mostly stop at the first. A signal the store holds
     settled (not preprocessed) asks nothing."""
-    for signal_plan in (p for p in plan.plans if p.is_preprocessed):
+    for signal_plan in (p for p in plan.plans if p.asks):
         for request, sampling in zip(signal_plan.requests, plan.samplings(signal_plan)):
             yield request.prompt, sampling
+        signal_plan.done_with()

@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from sigray.config import RunConfig, fingerprint
 from sigray.engines import Sampling
 from sigray.errors import ConfigError, InputError, SigrayWarning
@@ -25,6 +27,12 @@ from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
+
+# What a plan keeps of its signals' preprocessing (windows, prompts, MLBlocks context) in the
+# driver's memory: past it, a signal is preprocessed again where it is used (written to the
+# store, post-processed) and dropped after, so a run of a million windows holds about this
+# much, not every prompt (issue 16.2; benchmarks/README.md "Driver memory").
+PLAN_MEMORY_MB = float(os.environ.get("SIGRAY_PLAN_MEMORY_MB", "1024"))
 
 
 @dataclass
@@ -47,6 +55,7 @@ class RunPlan:
     detection_fingerprint: str
     normal: Signal | None = None
     planning_s: float = 0.0  # how long make_plan took (reading and preprocessing the signals)
+    memory_mb: float = PLAN_MEMORY_MB  # preprocessing kept in memory, at most
 
     def samplings(self, signal_plan: PlannedSignal, constrained: bool | None = None) -> list[Sampling]:
         """Each window's sampling (its own token budget and, when constrained, regex), as workers ask."""
@@ -90,11 +99,31 @@ class PlannedSignal:
     """One signal of a run and its sigllm preprocessing (``SignalPlan``'s windows, prompts,
     MLBlocks context, and the keyed requests), run on first use. A signal its store holds
     settled, with the same data under the same generation, is preprocessed only when it is
-    post-processed: the cost of a resumed run follows what is left to do (issue 16)."""
+    post-processed: the cost of a resumed run follows what is left to do (issue 16).
+
+    ``kept``: its preprocessing stays in memory (within ``PLAN_MEMORY_MB`` at planning);
+    otherwise each use ends with ``done_with``, which drops it. ``asks``: new to the store
+    when planned (its windows may be asked of an engine)."""
 
     def __init__(self, signal: Signal, pipeline: SigllmPipeline, normal, answers: AnswerFormat, generation: str):
         self.signal = signal
         self._pipeline, self._normal, self._answers, self._generation = pipeline, normal, answers, generation
+        self.kept = False
+        self.asks = False
+
+    def done_with(self) -> None:
+        """A use of the preprocessing is over: drop it unless the plan keeps it."""
+        if not self.kept:
+            self.__dict__.pop("preprocessed", None)
+
+    def held_mb(self) -> float:
+        """About what the preprocessing holds in memory (prompts, windows, the context's arrays)."""
+        if not self.is_preprocessed:
+            return 0.0
+        plan = self.preprocessed
+        texts = {id(text): len(text) + 49 for text in (*plan.prompts, *plan.windows)}  # often the same objects
+        arrays = sum(v.nbytes for v in plan.context.values() if isinstance(v, np.ndarray))
+        return (sum(texts.values()) + 200 * len(plan.requests) + arrays) / 2**20  # a request: its key and object
 
     @functools.cached_property
     def preprocessed(self) -> SignalPlan:
@@ -225,15 +254,29 @@ def make_plan(
             for note in list(pipeline.check_signal(signal)):
                 warnings.warn(note, SigrayWarning, stacklevel=2)
     signals = [signal for signal in signals if signal.name not in (rejected or {})]
-    answers = pipeline.answer_format()
+    answers = pipeline.answer_format(channels=signals[0].channels if signals else 1)
+    for signal in signals[1:]:  # a benchmark's (a run's share their channels): the format asks by them
+        if getattr(answers, "channels", None) not in (None, signal.channels):
+            with _or_rejected(rejected, signal.name):
+                raise InputError(
+                    f"signal {signal.name!r} has {signal.channels} channel(s): this pipeline's answers are asked "
+                    f"by the {answers.channels} of {signals[0].name!r}; benchmark each layout apart."
+                )
+    signals = [signal for signal in signals if signal.name not in (rejected or {})]
     identity = generation_identity(config, pipeline, answers, normal)
     generation = fingerprint(identity)
     known = settled(generation) if settled else {}
     plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
+    held_mb = 0.0
     for k, plan in enumerate(plans, 1):
         if known.get(plan.signal.name) != plan.signal.digest():
             with _or_rejected(rejected, plan.signal.name):
                 plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
+                plan.asks = True
+                size = plan.held_mb()
+                plan.kept = held_mb + size <= PLAN_MEMORY_MB
+                held_mb += size if plan.kept else 0.0
+                plan.done_with()
         if on_planned is not None:
             on_planned(k, len(plans))
     plans = [plan for plan in plans if plan.signal.name not in (rejected or {})]
@@ -250,4 +293,5 @@ def make_plan(
         detection_fingerprint=fingerprint(detection),
         normal=normal,
         planning_s=time.perf_counter() - started,
+        memory_mb=PLAN_MEMORY_MB,
     )

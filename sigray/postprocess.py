@@ -155,7 +155,11 @@ class Detections:
             task = _detect_task().remote(self.plan.pipeline, signal, normal, self.store.path, rows, settled)
             self._tasks[task] = (signal_plan, entry, rows, settled)
         else:
-            self._save(entry, rows, settled, detect(self.plan.pipeline, signal_plan, self.store, rows, settled))
+            try:
+                arrays = detect(self.plan.pipeline, signal_plan.preprocessed, self.store, rows, settled)
+            finally:
+                signal_plan.done_with()
+            self._save(entry, rows, settled, arrays)
 
     def _collect(self, timeout_s: float) -> None:
         """Save the results of finished tasks; a failure (sigllm's, naming the signal) stops the run."""

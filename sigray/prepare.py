@@ -85,12 +85,26 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
         for held, p in ((store.signal(p.signal.name), p) for p in changed):
             if held is not None:
                 notes.append(_new_version(held, p.signal))
-        store.add_signals([plan.new_signal(p) for p in changed])
+        _add_signals(store, plan, changed)
         entries = [store.signal(p.signal.name) for p in plan.plans]
         return PreparedStore(store, lease, entries, store.n_windows - before, notes)
     except BaseException:
         store_lease.release(storage, owner)
         raise
+
+
+def _add_signals(store: RunStore, plan: RunPlan, changed: list) -> None:
+    """Register ``changed`` signals, in batches of about ``plan.memory_mb`` of requests: a
+    signal the plan does not keep is preprocessed again here and dropped once written."""
+    batch, batch_mb = [], 0.0
+    for signal_plan in changed:
+        batch.append(plan.new_signal(signal_plan))
+        batch_mb += 0.0 if signal_plan.kept else signal_plan.held_mb()
+        signal_plan.done_with()  # the batch holds its requests until they are written
+        if batch_mb > plan.memory_mb:
+            store.add_signals(batch)
+            batch, batch_mb = [], 0.0
+    store.add_signals(batch)
 
 
 def _holds_nothing(storage) -> bool:

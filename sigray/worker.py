@@ -54,9 +54,10 @@ class WorkerSettings:
 
 
 def validate(
-    answers: AnswerFormat, completions: list[Completion]
+    answers: AnswerFormat, completions: list[Completion], max_digits: list[int] | None = None
 ) -> tuple[list[list[str] | None], np.ndarray, list[str], list[bool]]:
     """Read and check every sample of every window; a window is valid when all its samples are.
+    ``max_digits``: each window's limit (``AnswerFormat.limits``), which some formats read by.
 
     Returns the kept texts (sigllm's responses, ``answers.response``, what its parsers
     receive; None when invalid), the parsed values, a reason per invalid window, and
@@ -70,7 +71,7 @@ def validate(
         reason = REFUSED + completion.refused if completion.refused else ""
         samples = [answers.response(text) for text in completion.texts]
         for k, text in enumerate(samples):
-            verdict = answers.check(text, cut=completion.cut(k))
+            verdict = answers.check(text, cut=completion.cut(k), max_digits=max_digits[i] if max_digits else 0)
             if not verdict.ok:
                 reason = f"sample {k}: {verdict.reason}"
                 break
@@ -163,7 +164,7 @@ class Worker:
         return self._lease()
 
     def _report(self, batch: Batch, completions: list[Completion]) -> None:
-        kept, values, reasons, final = validate(self.settings.answers, completions)
+        kept, values, reasons, final = validate(self.settings.answers, completions, batch.max_digits)
         self.coordinator.report.remote(
             BatchReport(
                 batch.lease_id,

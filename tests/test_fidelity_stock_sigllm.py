@@ -211,3 +211,55 @@ def test_an_answer_without_the_target_channel_crashes_stock_sigllm_but_sigray_fa
         detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
     assert detection.failed_windows == [bad]
     assert len(detection.anomalies) > 0
+
+
+# sigllm's other multivariate formats (issue 18.6) in a pipeline JSON. Stock keeps every value
+# of an answer in these formats (MLBlocks gives trunc to the reader's constructor, which never
+# reads it) and loses the interleave formats' width between their two blocks; sigray reads
+# them as sigllm's own run_pipeline does (sigray.pipelines.format_readers).
+FORMAT_CASES = {
+    # Answers of the target's forecast then two other channels' values: one target value, as stock keeps.
+    "value_concatenation": ("equal", None),
+    # Several values of the target alone: stock keeps them all, and answers of different lengths crash it.
+    "univariate_control": ("ValueError", "not enough values to unpack"),
+    "value_interleave": ("KeyError", "width_used"),
+    "digit_interleave": ("KeyError", "width_used"),
+}
+
+
+@pytest.mark.parametrize("method", FORMAT_CASES)
+def test_other_multivariate_formats_against_stock_sigllm_on_the_same_answers(stock_env, tmp_path, method):
+    from tests.test_multivariate_formats import format_pipeline, params_of
+
+    head = tmp_path / "C-1-head.csv"
+    pd.read_csv(nab_signal("C-1")).head(800).to_csv(head, index=False)
+
+    def planned(method: str):
+        path = format_pipeline(tmp_path, method, params_of(method))
+        run = make_plan(RunConfig(store="unused", engine="test-double", pipeline=path), [str(head)])
+        plan = run.plans[0]
+        answers = [c.texts for c in TestDoubleEngine().generate(plan.prompts, run.samplings(plan), run.seeds(plan))]
+        return path, run, plan, answers
+
+    def first_values(answers, after: str = "") -> list[list[str]]:
+        return [["," + text.lstrip(",").split(",")[0] + after] for (text,) in answers]
+
+    path, run, plan, answers = planned(method)
+    if method == "value_concatenation":  # the test double forecasts the target from its own values only
+        answers = first_values(planned("univariate_control")[3], after=",0,1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = run.pipeline.postprocess(plan.preprocessed, answers).anomalies.reset_index(drop=True)
+    outcome, message = FORMAT_CASES[method]
+    if outcome == "equal":
+        stock = run_stock_pipeline(stock_env, path, str(head), answers, str(tmp_path / "stock.json"))
+        pd.testing.assert_frame_equal(ours, stock, check_dtype=False, check_exact=False, rtol=1e-9, atol=0)
+        assert len(stock) > 0  # the comparison covered real anomalies
+        return
+    with pytest.raises(StockRunError) as raised:
+        run_stock_pipeline(stock_env, path, str(head), answers, str(tmp_path / "stock.json"))
+    assert raised.value.exc_type == outcome and message in raised.value.exc_message
+    if method == "univariate_control":  # given only the value sigray keeps of each answer, stock agrees
+        stock = run_stock_pipeline(stock_env, path, str(head), first_values(answers), str(tmp_path / "first.json"))
+        pd.testing.assert_frame_equal(ours, stock, check_dtype=False, check_exact=False, rtol=1e-9, atol=0)
+        assert len(stock) > 0

@@ -83,3 +83,31 @@ def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, 
         assert np.array_equal(result.forecast, driver.signals[name].forecast, equal_nan=True)
     reopened = sigray.open(str(tmp_path / "tasks")).results()
     assert reopened.complete and set(reopened.anomalies) == set(tasks.signals)
+
+
+def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_the_same(
+    ray_session, tmp_path, monkeypatch
+):
+    """Past ``PLAN_MEMORY_MB`` a signal's preprocessing (prompts, windows, context) is dropped
+    after planning and made again where it is used: written to the store in batches, and
+    post-processed; the results are those of a run that kept everything (issue 16.2)."""
+    from sigray import api
+    from sigray import plan as planning
+    from sigray.plan import make_plan
+
+    signals = [nab_signal(name) for name in (FIRST, "nyc_taxi", "machine_temperature_system_failure")]
+    kept_all = sigray.run(signals, str(tmp_path / "kept"), engine="test-double", batch_size=64, progress=False)
+    monkeypatch.setattr(planning, "PLAN_MEMORY_MB", 1.0)  # more than the first signal's, less than nyc_taxi's
+    batches = []
+    add_signals = RunStore.add_signals
+    monkeypatch.setattr(RunStore, "add_signals", lambda store, new: batches.append(len(new)) or add_signals(store, new))
+    plan = make_plan(api.run_config(str(tmp_path / "bounded"), {"engine": "test-double", "batch_size": 64}), signals)
+    assert plan.plans[0].kept and not plan.plans[1].kept  # nyc_taxi's 700-odd windows are past 1 MB
+    assert [p.is_preprocessed for p in plan.plans] == [p.kept for p in plan.plans]
+    bounded = api.run_plan(plan)
+    assert bounded.complete and bounded.total_windows == kept_all.total_windows
+    assert len(batches) > 1  # registered in batches, not all at once
+    assert not any(p.is_preprocessed for p in plan.plans if not p.kept)  # dropped again after each use
+    for name, result in kept_all.signals.items():
+        pd.testing.assert_frame_equal(bounded.signals[name].anomalies, result.anomalies)
+        assert np.array_equal(bounded.signals[name].forecast, result.forecast, equal_nan=True)

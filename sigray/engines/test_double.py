@@ -3,7 +3,8 @@
 It answers a detector prompt (``sep``-separated integers) with a plausible forecast:
 the last value plus seeded noise, so post-processing finds real anomalies on real
 signals; a multivariate one (sigllm's JSON format, ``d0:v,d1:v,...``) with ``steps``
-pairs, channel 0 forecast so and the others repeated. It answers a prompter prompt (one
+pairs, channel 0 forecast so and the others repeated; an interleaved one (a fixed-width
+digit string per step, the window ending in a comma) with its last step repeated. It answers a prompter prompt (one
 ending in sigllm's ``[RESPONSE]`` marker, or a chat asking to detect anomalies) with the
 window's outlying values, in the form the prompt asks for (bare numbers, a ``[...]``
 list, index ranges ``[[s, e], ...]`` for sigllm's multivariate prompt, or "no
@@ -141,6 +142,9 @@ class TestDoubleEngine(Engine):
             system, text = messages[0]["content"], messages[-1]["content"]
         if _JSON_PAIR.search(prompt[-32:]):
             return self._json_forecast(prompt, rng)
+        steps = prompt[: -len(self.sep)].rsplit(self.sep, 2)[-2:] if prompt.endswith(self.sep) and not chat else []
+        if len(steps) == 2 and all(step.isdigit() for step in steps) and len(steps[0]) == len(steps[1]):
+            return self.sep.join([steps[1]] * self.steps)  # sigllm's interleave formats: the last step, repeated
         values = self._window_values(text.removesuffix("[RESPONSE]"))
         dimensions = _DIMENSIONS.search(text)
         if dimensions:

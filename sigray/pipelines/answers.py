@@ -33,6 +33,8 @@ class AnswerFormat(Protocol):
 
     The constraint of a window is a function of that window alone (``limits``), never of
     the other windows or signals of a run, so a window asks the same thing in any store.
+    ``check`` is given the window's ``max_digits`` (from ``limits``): the formats whose
+    reading depends on the window's layout (sigllm's interleave formats) read it there.
     """
 
     horizon: int  # numbers kept per sample in the store's ``values``
@@ -46,7 +48,7 @@ class AnswerFormat(Protocol):
 
     def response(self, text: str) -> str: ...
 
-    def check(self, text: str, cut: bool = False) -> Verdict: ...
+    def check(self, text: str, cut: bool = False, max_digits: int = 0) -> Verdict: ...
 
 
 _CUT = "cut by the token limit inside a value sigllm keeps (raise max_tokens or the context length)"
@@ -151,7 +153,7 @@ class ForecastAnswers:
         """sigllm's forecaster returns the continuation as generated."""
         return text
 
-    def check(self, text: str, cut: bool = False) -> Verdict:
+    def check(self, text: str, cut: bool = False, max_digits: int = 0) -> Verdict:
         """sigllm's reading of one answer. ``cut``: the engine stopped it at its length
         limit, so its last value may be incomplete; valid only when every value sigllm
         keeps is followed by a separator (the same values with the tail dropped)."""
@@ -229,7 +231,7 @@ class JsonForecastAnswers:
         """sigllm's forecaster returns the continuation as generated."""
         return text
 
-    def check(self, text: str, cut: bool = False) -> Verdict:
+    def check(self, text: str, cut: bool = False, max_digits: int = 0) -> Verdict:
         """sigllm's reading of one answer; a ``cut`` one is valid only when the same values
         are read without its unfinished last pair."""
         return _checked(self._read, text, self.sep, cut)
@@ -247,6 +249,130 @@ class JsonForecastAnswers:
 
 
 _JSON_PAIR = re.compile(r"d(\d+):(\d+)")
+
+
+# sigllm's other multivariate window formats (sigllm.primitives.formatting), by module name.
+SEPARATED_FORMATS = ("value_concatenation", "univariate_control")  # values written with a separator
+INTERLEAVE_FORMATS = ("value_interleave", "digit_interleave")  # a fixed-width digit string per step
+_FORMAT_CLASSES = {
+    "value_concatenation": "ValueConcatenation",
+    "univariate_control": "UnivariateControl",
+    "value_interleave": "ValueInterleave",
+    "digit_interleave": "DigitInterleave",
+}
+
+
+@dataclass(frozen=True)
+class FormattedForecastAnswers:
+    """Multivariate detector answers in one of sigllm's other window formats:
+
+    - ``value_concatenation``: each step's ``channels`` values in a row, ``v0,v1,...,v0,v1,...``;
+    - ``univariate_control``: the target channel alone, ``v,v,...`` (the control of a study);
+    - ``value_interleave`` / ``digit_interleave``: each step one string of ``channels`` values,
+      each padded to the signal's width (values side by side, or digit by digit), the window
+      ending in a comma.
+
+    Valid when that format's own ``format_as_integer`` reads ``trunc`` values of channel
+    ``target_column`` from the answer (stock sigllm crashes later, in ``Scalar2Float``, on an
+    answer that lacks one). The interleave readers need the width of one value, which their
+    ``format_as_string`` sets from the whole signal: a window's ``max_digits`` is that width
+    (a step of the window has ``width x channels`` digits), and the regex asks for ``trunc``
+    steps of exactly that many digits. The separated formats' regex asks for the values up to
+    the last one sigllm keeps, each at most one digit wider than the window's widest.
+    """
+
+    method: str  # the format's module in sigllm.primitives.formatting
+    trunc: int
+    target_column: int = 0
+    channels: int = 1  # the signal's channels (each step of the window holds them all, but in univariate_control)
+
+    sep = ","  # sigllm's formats take their separator as a constructor setting and never use it: always ","
+
+    @property
+    def horizon(self) -> int:
+        return self.trunc
+
+    @property
+    def interleaved(self) -> bool:
+        return self.method in INTERLEAVE_FORMATS
+
+    @property
+    def _values_needed(self) -> int:
+        """Values an answer of a separated format holds up to the last one sigllm keeps."""
+        if self.method == "univariate_control":  # the window holds the target channel alone
+            return self.trunc
+        return (self.trunc - 1) * self.channels + self.target_column + 1
+
+    def limits(self, window: str) -> tuple[int, int]:
+        if self.interleaved:
+            step = len(window.rstrip(self.sep).rsplit(self.sep, 1)[-1])  # width x channels digits
+            return step // self.channels, self.trunc * (step + 1) + 2
+        max_digits = widest_value(window, self.sep) + 1
+        return max_digits, self._values_needed * (max_digits + 1) + 2
+
+    def regex_for(self, max_digits: int) -> str:
+        if self.interleaved:  # the window ends in a comma: the answer starts with a step
+            step = f"[0-9]{{{max_digits * self.channels}}}"
+            return step + (f"(,{step}){{{self.trunc - 1}}}" if self.trunc > 1 else "")
+        value = f",[0-9]{{1,{max_digits}}}"
+        return value + (f"({value}){{{self._values_needed - 1}}}" if self._values_needed > 1 else "")
+
+    @property
+    def identity(self) -> dict:
+        """The rules answers are asked and checked by, for the generation identity."""
+        return {
+            "kind": "formatted_forecast",
+            "method": self.method,
+            "trunc": self.trunc,
+            "target_column": self.target_column,
+            "channels": self.channels,
+            "limits": "per window: widest value + 1 digit (interleaved: its width); values up to the last kept",
+        }
+
+    def format1_identity(self, max_digits: int) -> dict:
+        """Format-1 stores never held multivariate answers: an identity none of them has."""
+        return self.identity
+
+    def response(self, text: str) -> str:
+        """sigllm's forecaster returns the continuation as generated."""
+        return text
+
+    def check(self, text: str, cut: bool = False, max_digits: int = 0) -> Verdict:
+        """sigllm's reading of one answer (``max_digits``: the window's width, for the
+        interleave formats); a ``cut`` one is valid only when the same values are read
+        without its unfinished last value or step."""
+        return _checked(lambda answer: self._read(answer, max_digits), text, self.sep, cut)
+
+    def reader(self, width: int = 0):
+        """sigllm's own reader of this format, as its pipeline would hold it."""
+        import importlib
+
+        module = importlib.import_module(f"sigllm.primitives.formatting.{self.method}")
+        reader = getattr(module, _FORMAT_CLASSES[self.method])(num_dims=self.channels, target_column=self.target_column)
+        if self.interleaved:
+            reader.metadata["width_used"] = width  # set by format_as_string on the signal
+        return reader
+
+    def _read(self, text: str, width: int) -> Verdict:
+        if not text or not text.strip():
+            return Verdict(None, "empty answer")
+        if self.interleaved and width < 1:
+            raise ValueError("an interleave format's answers are read with their window's width (max_digits)")
+        try:
+            read = self.reader(width).format_as_integer([[text]], trunc=self.trunc, target_column=self.target_column)
+        except (ValueError, TypeError, IndexError) as exc:
+            return Verdict(None, f"unparseable answer: {type(exc).__name__}: {exc}")
+        found = [v for v in _flat(read[0]) if v is not None]
+        if len(found) < self.trunc or len(_flat(read[0])) != len(found):
+            return Verdict(None, f"{len(found)} value(s) of channel {self.target_column}, expected {self.trunc}")
+        return Verdict(np.asarray(found[: self.trunc], dtype=float))
+
+
+def _flat(values) -> list:
+    """The scalars of sigllm's nested reader output (lists and object arrays), in order."""
+    if isinstance(values, (list, tuple, np.ndarray)):
+        return [x for v in values for x in _flat(v)]
+    return [values]
 
 
 # sigllm's prompter answers are free text around a ``[...]`` list (``parse_anomaly_response``)
@@ -325,7 +451,7 @@ class AnomalyAnswers:
         """
         return text.split("[RESPONSE]")[0].strip() if self.after_marker else text
 
-    def check(self, text: str, cut: bool = False) -> Verdict:
+    def check(self, text: str, cut: bool = False, max_digits: int = 0) -> Verdict:
         """sigllm's reading of one answer. ``cut``: stopped at the length limit, so valid
         only when what sigllm keeps provably ended: a closed ``[...]`` (which sigllm's
         pattern requires anyway), a closed list of intervals, or bare values followed by

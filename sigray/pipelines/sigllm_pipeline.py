@@ -28,7 +28,15 @@ import pandas as pd
 from sigray.config import canonical_json
 from sigray.engines.base import Sampling
 from sigray.errors import ConfigError, InputError
-from sigray.pipelines.answers import AnomalyAnswers, AnswerFormat, ForecastAnswers, JsonForecastAnswers
+from sigray.pipelines.answers import (
+    INTERLEAVE_FORMATS,
+    SEPARATED_FORMATS,
+    AnomalyAnswers,
+    AnswerFormat,
+    ForecastAnswers,
+    FormattedForecastAnswers,
+    JsonForecastAnswers,
+)
 from sigray.pipelines.llm_steps import FORECAST_HF, LLM_STEPS, PROMPT_HF
 from sigray.pipelines.numpy2_compat import REPLACEMENTS
 from sigray.pipelines.sigllm_env import use_sigllm_registry
@@ -85,6 +93,7 @@ class SignalPlan:
     prompts: list[str]
     context: dict
     requests: list = field(default_factory=list)
+    width_used: int | None = None  # sigllm's interleave formats: one value's width, set on the whole signal
 
     @property
     def n_windows(self) -> int:
@@ -218,7 +227,20 @@ def check_hyperparameters(block: str, values: dict) -> None:
 _SCALAR2FLOAT = "sigllm.primitives.transformation.Scalar2Float"
 _MULTIVARIATE_FORMATTING = "sigllm.primitives.formatting."  # sigllm's multivariate window formats
 _JSON_FORMAT_AS_INTEGER = "sigllm.primitives.formatting.json_format.format_as_integer"
+_OTHER_FORMATS = (*SEPARATED_FORMATS, *INTERLEAVE_FORMATS)
 _REGRESSION_ERRORS = "orion.primitives.timeseries_errors.regression_errors"
+_PERSISTENCE = "sigllm.primitives.formatting.persistence_control"
+_PERSISTENCE_NOTE = (
+    " sigllm's persistence_control is a baseline without a model: its forecast is each window's last value "
+    "(sigllm.primitives.formatting.utils.run_pipeline(PersistenceControl()) runs it in seconds, with no engine)."
+)
+
+
+def _format_method(block: str) -> str:
+    """``value_concatenation`` for ``sigllm.primitives.formatting.value_concatenation.format_as_integer#1``."""
+    if not block.startswith(_MULTIVARIATE_FORMATTING):
+        return ""
+    return block[len(_MULTIVARIATE_FORMATTING) :].split(".")[0]
 
 
 def fix_error_units(spec: dict, pipeline: str) -> dict:
@@ -287,8 +309,10 @@ class SigllmPipeline:
         names = _block_names(self.spec["primitives"])
         llm = [i for i, p in enumerate(self.spec["primitives"]) if p in LLM_STEPS]
         if len(llm) != 1:
+            baseline = any(_PERSISTENCE in p for p in self.spec["primitives"] if isinstance(p, str))
             raise ConfigError(
                 f"pipeline {pipeline!r} has no sigllm LLM step sigray can run (looked for {', '.join(LLM_STEPS)})."
+                + (_PERSISTENCE_NOTE if baseline else "")
             )
         self._llm_index = llm[0]
         self.llm_block = names[self._llm_index]
@@ -296,6 +320,10 @@ class SigllmPipeline:
         after = names[self._llm_index :]
         self._format_block = next((n for n in after if n.startswith(_FORMAT_AS_INTEGER + "#")), None)
         self._json_block = next((n for n in after if n.startswith(_JSON_FORMAT_AS_INTEGER + "#")), None)
+        # sigllm's other multivariate formats: the reader after the LLM step, the writer before it
+        self._reader_block = next((n for n in after if _format_method(n) in _OTHER_FORMATS), None)
+        before = names[: self._llm_index]
+        self._writer_block = next((n for n in before if _format_method(n) and "format_as_string" in n), None)
         self._parse_block = next((n for n in after if n.startswith(_PARSE_RESPONSE + "#")), None)
         self._check_multivariate_formats(pipeline, after)
         if self._parse_block and self._block_params(self._parse_block).get("interval") and self._format_block:
@@ -305,21 +333,30 @@ class SigllmPipeline:
             )
 
     def _check_multivariate_formats(self, pipeline: str, after: list[str]) -> None:
-        """sigray reads sigllm's JSON format (the shipped multivariate detector); its other
-        multivariate formats have no validator yet, and some keys of JSON's reader return
-        what sigllm's post-processing cannot take."""
-        others = sorted(
-            {n.split("#")[0] for n in after if n.startswith(_MULTIVARIATE_FORMATTING)} - {_JSON_FORMAT_AS_INTEGER}
-        )
-        if others:
+        """sigllm's multivariate formats as sigray can check their answers: the JSON format,
+        value concatenation, the univariate control and the two interleave formats, each read
+        after the LLM step by the format that wrote the windows, keeping ``trunc`` target values
+        (without it, or with JSON's ``steps_ahead``, sigllm's readers return ragged lists or a
+        dict, which its Scalar2Float cannot convert)."""
+        readers = {n for n in after if n.startswith(_MULTIVARIATE_FORMATTING) and "format_as_integer" in n}
+        if any(_format_method(n) == "persistence_control" for n in after):
+            raise ConfigError(f"pipeline {pipeline!r} reads LLM answers with persistence_control." + _PERSISTENCE_NOTE)
+        if len(readers) > 1:
+            raise ConfigError(f"pipeline {pipeline!r} reads answers with {len(readers)} formats; sigray checks one.")
+        reader = self._json_block or self._reader_block
+        if reader is None:
+            return
+        if _format_method(self._writer_block or "") != _format_method(reader):
+            wrote = _format_method(self._writer_block) if self._writer_block else "another format"
             raise ConfigError(
-                f"pipeline {pipeline!r} reads answers with {', '.join(others)}; sigray checks multivariate "
-                "answers in sigllm's JSON format only (multivariate_mistral_detector_jsonformat)."
+                f"pipeline {pipeline!r} writes its windows with {wrote} and reads answers with "
+                f"{_format_method(reader)}: sigllm would read a format the model was not shown. "
+                "Use the same format's format_as_string before the LLM step and format_as_integer after it."
             )
-        params = self._block_params(self._json_block)
-        if self._json_block and (params.get("trunc") is None or params.get("steps_ahead") is not None):
+        params = self._block_params(reader)
+        if params.get("trunc") is None or params.get("steps_ahead") is not None:
             raise ConfigError(
-                f"--param {self._json_block}: sigray needs trunc (target values kept per answer) and no "
+                f"--param {reader}: sigray needs trunc (target values kept per answer) and no "
                 "steps_ahead: without trunc or with steps_ahead sigllm's format_as_integer returns ragged lists "
                 "or a dict, which its Scalar2Float cannot convert."
             )
@@ -412,15 +449,26 @@ class SigllmPipeline:
             or "defaults"
         )
 
-    def answer_format(self) -> AnswerFormat:
+    def answer_format(self, channels: int = 1) -> AnswerFormat:
         """How every window's answers are asked for and checked (rules only; each window's
-        limits follow from the window itself, ``AnswerFormat.limits``)."""
+        limits follow from the window itself, ``AnswerFormat.limits``). ``channels``: the
+        run's signals' (sigllm's value-concatenation and interleave formats write each step's
+        channels side by side)."""
         llm = self.llm_params
         parse = self._block_params(self._format_block)
         sep = llm.get("sep", ",")
         if self._json_block:
             params = self._block_params(self._json_block)
             return JsonForecastAnswers(trunc=int(params["trunc"]), target_column=int(params.get("target_column") or 0))
+        if self._reader_block:
+            params = self._block_params(self._reader_block)
+            method = _format_method(self._reader_block)
+            return FormattedForecastAnswers(
+                method=method,
+                trunc=int(params["trunc"]),
+                target_column=int(params.get("target_column") or 0),
+                channels=channels,
+            )
         if self.family == "detector":
             return ForecastAnswers(
                 sep=sep,
@@ -487,6 +535,13 @@ class SigllmPipeline:
                 "on as 'timestamp,value', or use a multivariate pipeline (multivariate_mistral_detector_jsonformat, "
                 "mistral_prompter_multivariate_0shot)."
             )
+        if _format_method(self._reader_block or "") == "value_concatenation":
+            num_dims = self._block_params(self._reader_block).get("num_dims")
+            if num_dims != signal.channels:
+                raise InputError(
+                    f"signal {signal.name!r} has {signal.channels} channel(s) and sigllm's value_concatenation reads "
+                    f"answers as {num_dims} per step; set --param {self._reader_block}.num_dims={signal.channels}."
+                )
         target = self._param_of("rolling_window_sequences#1", "target_column", 0)
         if self.multivariate and isinstance(target, int) and not 0 <= target < signal.channels:
             raise InputError(
@@ -545,10 +600,13 @@ class SigllmPipeline:
         boundary["produce"]["method"] = "produce"
         boundary.pop("fit", None)
         spec["primitives"][self._llm_index] = boundary
+        from sigray.pipelines.format_readers import READERS
+
+        stand_ins = {**REPLACEMENTS, **READERS}
         for i, primitive in enumerate(spec["primitives"]):
-            if isinstance(primitive, str) and primitive in REPLACEMENTS:
+            if isinstance(primitive, str) and primitive in stand_ins:
                 annotation = copy.deepcopy(load_primitive(primitive))
-                annotation["primitive"] = REPLACEMENTS[primitive]
+                annotation["primitive"] = stand_ins[primitive]
                 spec["primitives"][i] = annotation
         pipeline = _split_pipeline_class()(spec)
         pipeline.verbose = False
@@ -575,7 +633,12 @@ class SigllmPipeline:
         except _BoundaryReached as reached:
             windows = [str(x) for x in reached.produce_args["X"]]
             prompts = self.step.prompts(windows, self.llm_params, reached.produce_args)
-            return SignalPlan(signal=signal, windows=windows, prompts=prompts, context=reached.context)
+            width = None
+            if _format_method(self._writer_block or "") in INTERLEAVE_FORMATS:
+                width = pipeline.blocks[self._writer_block].instance.metadata["width_used"]
+            return SignalPlan(
+                signal=signal, windows=windows, prompts=prompts, context=reached.context, width_used=width
+            )
         raise ConfigError(f"pipeline {self.name!r} finished without reaching its LLM step.")
 
     def postprocess(self, plan: SignalPlan, answers: list[list[str] | None]) -> Detection:
@@ -597,6 +660,10 @@ class SigllmPipeline:
                     context[key] = value[keep]
         pipeline = self._build()
         pipeline.blocks[self.llm_block].instance.answers = kept
+        if plan.width_used is not None:
+            # sigllm's interleave readers take the width from their writer's instance; in an
+            # MLBlocks pipeline each block has its own, so stock sigllm raises KeyError here.
+            pipeline.blocks[self._reader_block].instance.metadata["width_used"] = plan.width_used
         from orion.core import Orion
 
         forecast_output = "numpy.reshape#1"  # the context right after it holds y_hat

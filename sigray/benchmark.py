@@ -14,7 +14,9 @@ dataset's from the summed confusion matrices of its scored signals.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,13 +45,19 @@ class BenchmarkSignal:
 @dataclass
 class Leaderboard:
     """``signals``: one row per signal (``SIGNAL_COLUMNS``, ``SCORE_COLUMNS``, ``reason``);
-    ``datasets``: one row per dataset and an ``ALL`` row; ``result``: the run (None when no
-    signal could run)."""
+    ``datasets``: one row per dataset and an ``ALL`` row; ``runs``: each store's run, by
+    store (the benchmark's, and one per dataset with parameters of its own); ``result``: the
+    first run that stopped, else the benchmark store's (None when no signal could run)."""
 
     signals: pd.DataFrame
     datasets: pd.DataFrame
-    result: RunResult | None
+    runs: dict[str, RunResult]
     method: str
+
+    @property
+    def result(self) -> RunResult | None:
+        runs = list(self.runs.values())
+        return next((run for run in runs if run.stopped), runs[0] if runs else None)
 
     @property
     def complete(self) -> bool:
@@ -118,6 +126,10 @@ def benchmark(
 ) -> Leaderboard:
     """Run (or resume) a pipeline over every signal of ``paths`` in one store, and score it.
 
+    A dataset sigllm has parameters for (``prompter_realtweets.json`` and the like, by the
+    dataset's folder name: ``dataset_parameters``) runs with them, under ``--param``, in a
+    store of its own beside it, ``<store>-<dataset>``; the runs go one after the other.
+
     ``method``: Orion's ``weighted`` contextual scores (its benchmark's default: events
     counted by duration) or ``overlap`` (an event counts when any part of it is found).
     ``on_progress``, ``progress``, ``new``, ``settings``: as ``sigray.run``. Signals that
@@ -138,20 +150,74 @@ def benchmark(
         )
     config = run_config(store, settings)
     rejected: dict[str, str] = {}
-    with ProgressDisplay(quiet=not progress) as planning:
-        sources = [(s.name, s.path) for s in found]
-        plan = make_plan(
-            config, sources, settled=settled_in(config, new), rejected=rejected, on_planned=planning.planned
-        )
-    result = None
-    if plan.plans:
-        result = run_plan(
-            plan, on_progress=on_progress, progress=progress, deadline_s=deadline_s, ray_options=ray_options, new=new
-        )
-    rows = [_row(s, plan.pipeline.name, rejected, result, known, METHODS[method]) for s in found]
+    runs: dict[str, RunResult] = {}
+    run_of: dict[str, RunResult] = {}  # signal name -> its run
+    started = time.monotonic()
+    for where, params, group in _parameter_sets(found, config, store):
+        left_s = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - started))
+        if runs and (any(run.stopped for run in runs.values()) or left_s == 0.0):
+            break  # a stop ends the benchmark: the signals left stay PENDING, the same command goes on
+        group_config = config.replace(store=where, pipeline_params=params)
+        with ProgressDisplay(quiet=not progress) as planning:
+            sources = [(s.name, s.path) for s in group]
+            plan = make_plan(
+                group_config,
+                sources,
+                settled=settled_in(group_config, new),
+                rejected=rejected,
+                on_planned=planning.planned,
+            )
+        if plan.plans:
+            runs[where] = run_plan(
+                plan, on_progress=on_progress, progress=progress, deadline_s=left_s, ray_options=ray_options, new=new
+            )
+            run_of.update(dict.fromkeys((s.name for s in group), runs[where]))
+    pipeline = config.pipeline
+    rows = [_row(s, pipeline, rejected, run_of.get(s.name), known, METHODS[method]) for s in found]
     table = pd.DataFrame(rows, columns=[*SIGNAL_COLUMNS, *SCORE_COLUMNS, "reason"])
     table = table.astype({"windows": "Int64", "failed_windows": "Int64"})  # blank where a signal did not run
-    return Leaderboard(table, summarize(table), result, method)
+    return Leaderboard(table, summarize(table), runs, method)
+
+
+def dataset_parameters(pipeline: str, dataset: str) -> dict:
+    """sigllm's hyperparameters for ``dataset`` under ``pipeline``: the JSON named
+    ``<folder>_<dataset>.json`` (lower case) beside the pipeline's own, as sigllm's
+    ``benchmark.py`` looks them up (``prompter/prompter_realtweets.json`` for NAB's realTweets
+    with any prompter); {} when there is none."""
+    from importlib import resources
+
+    if pipeline.endswith(".json"):
+        folder = os.path.dirname(os.path.abspath(pipeline))
+    else:
+        root = resources.files("sigllm").joinpath("pipelines")
+        folders = [str(f) for f in root.iterdir() if f.is_dir() and f.joinpath(f"{pipeline}.json").is_file()]
+        if not folders:
+            return {}
+        folder = folders[0]
+    path = os.path.join(folder, f"{os.path.basename(folder)}_{dataset.lower()}.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _parameter_sets(found: list[BenchmarkSignal], config, store: str):
+    """(store, pipeline parameters, signals) per run: the datasets sigllm has parameters for
+    (``dataset_parameters``) each in a store of their own, ``<store>-<dataset>`` (a store holds
+    one generation), under the benchmark's ``--param`` (which win); the others in ``store``."""
+    groups: dict[str | None, list[BenchmarkSignal]] = {}
+    own: dict[str, dict] = {}
+    for signal in found:
+        params = own.setdefault(signal.dataset, dataset_parameters(config.pipeline, signal.dataset))
+        groups.setdefault(signal.dataset if params else None, []).append(signal)
+    for dataset, group in sorted(groups.items(), key=lambda item: item[0] is not None):
+        if dataset is None:
+            yield store, config.pipeline_params, group
+            continue
+        params = {block: dict(values) for block, values in own[dataset].items()}
+        for block, values in config.pipeline_params.items():
+            params.setdefault(block, {}).update(values)
+        yield f"{store.rstrip('/')}-{dataset.lower()}", params, group
 
 
 def _row(signal: BenchmarkSignal, pipeline: str, rejected, result: RunResult | None, labels, weighted) -> dict:

@@ -132,6 +132,7 @@ def cmd_benchmark(args) -> int:
         tables = {"signals": board.signals, "datasets": board.datasets}
         records = {key: json.loads(table.to_json(orient="records")) for key, table in tables.items()}
         summary = {"complete": board.complete, "stopped": board.stopped, "method": board.method}
+        summary["stores"] = list(board.runs)
         print(json.dumps({**summary, **records, "files": written}))
     elif not args.quiet:
         number = lambda v: f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"  # noqa: E731 - weighted counts are seconds
@@ -616,7 +617,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("paths", nargs="+", help="folders of signal CSVs (one per dataset) or CSV files")
     bench.add_argument("--labels", required=True, help="Orion labels CSV: signal,events or signal,start,end")
-    bench.add_argument("--store", required=True, help="the benchmark's store: a directory, or s3://bucket/prefix")
+    bench.add_argument(
+        "--store",
+        required=True,
+        help="the benchmark's store: a directory, or s3://bucket/prefix (a dataset sigllm has parameters for, "
+        "e.g. realTweets with a prompter, runs with them in STORE-<dataset>)",
+    )
     bench.add_argument("-o", "--output", required=True, metavar="DIR", help="where leaderboard.csv/.png go")
     bench.add_argument(
         "--method", choices=["weighted", "overlap"], default="weighted", help="Orion's contextual scores (weighted)"

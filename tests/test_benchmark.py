@@ -147,3 +147,39 @@ def test_bad_benchmark_input_is_refused_before_anything_is_written(
     assert expected in capsys.readouterr().err
     assert not os.path.exists(store)
     assert change == "output_is_a_file" or not os.path.exists(out)  # -o is made only once there is a leaderboard
+
+
+def test_a_dataset_sigllm_has_parameters_for_runs_with_them_in_a_store_of_its_own(ray_session, tmp_path):
+    """sigllm's ``prompter_<dataset>.json`` files apply by dataset (folder) name, as its own
+    benchmark applies them; ``--param`` wins over them; other datasets run as usual."""
+    from sigray.benchmark import dataset_parameters
+    from sigray.store import RunStore
+
+    aggregate = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
+    assert dataset_parameters("mistral_prompter", "realTweets")[aggregate]["interval"] == 600
+    assert dataset_parameters("gpt_prompter", "SMAP")[aggregate]["interval"] == 21600
+    assert dataset_parameters("mistral_detector", "realTweets") == {}  # sigllm has none for detectors
+    assert dataset_parameters("mistral_prompter", "nab") == {}
+
+    tweets = tmp_path / "realTweets"
+    tweets.mkdir()
+    shutil.copy(os.path.join(NAB, f"{CPU}.csv"), tweets)
+    nab = _folder(tmp_path, "nyc_taxi")
+    store = str(tmp_path / "store")
+    settings = {"engine": "test-double", "pipeline": "mistral_prompter", "batch_size": 64, "progress": False}
+    board = benchmark([nab, str(tweets)], store, LABELS, **settings)
+    assert board.complete and list(board.runs) == [store, f"{store}-realtweets"]
+    assert sorted(board.signals["dataset"]) == ["nab", "realTweets"] and (board.signals["status"] == OK).all()
+    params = {path: RunStore.open(path).config["pipeline_params"] for path in board.runs}
+    assert aggregate not in params[store]
+    assert params[f"{store}-realtweets"][aggregate]["interval"] == 600
+    windows = board.signals.set_index("signal")["windows"]
+    assert windows[CPU] > 100  # 10-minute points: some 200 windows, where sigllm's default 6 hours gives 2
+
+    # --param wins over the dataset's file; another setting is another store's generation: refused.
+    hourly = {aggregate: {"interval": 3600}}
+    with pytest.raises(sigray.ConfigMismatchError):
+        benchmark([str(tweets)], store, LABELS, pipeline_params=hourly, **settings)
+    again = benchmark([str(tweets)], str(tmp_path / "hourly"), LABELS, pipeline_params=hourly, **settings)
+    assert RunStore.open(f"{tmp_path / 'hourly'}-realtweets").config["pipeline_params"][aggregate]["interval"] == 3600
+    assert again.signals.set_index("signal")["windows"][CPU] < windows[CPU]

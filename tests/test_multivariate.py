@@ -6,7 +6,6 @@ Fidelity with stock sigllm on whole NASA signals is in ``test_fidelity_stock_sig
 
 from __future__ import annotations
 
-import json
 import re
 
 import numpy as np
@@ -117,20 +116,6 @@ def test_a_target_channel_the_signal_lacks_is_refused(c1_head):
 def test_json_reader_settings_sigllm_cannot_post_process_are_refused(c1_head, params, message):
     with pytest.raises(ConfigError, match=message):
         _plan([c1_head], params={**WINDOW_25, JSON_INTEGER: params})
-
-
-def test_another_multivariate_format_without_a_validator_is_refused(tmp_path, c1_head):
-    from sigray.pipelines.sigllm_pipeline import load_pipeline_spec
-
-    spec = load_pipeline_spec(DETECTOR)
-    spec["primitives"] = [
-        p.replace("json_format", "value_concatenation") if p.startswith("sigllm.primitives.formatting") else p
-        for p in spec["primitives"]
-    ]
-    path = tmp_path / "concatenation.json"
-    path.write_text(json.dumps(spec))
-    with pytest.raises(ConfigError, match="value_concatenation.format_as_integer.*JSON format only"):
-        _plan([c1_head], pipeline=str(path), params={})
 
 
 # -- answers: what sigllm's JSON reader keeps ---------------------------------

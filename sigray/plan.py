@@ -28,11 +28,28 @@ from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
 
-# What a plan keeps of its signals' preprocessing (windows, prompts, MLBlocks context) in the
-# driver's memory: past it, a signal is preprocessed again where it is used (written to the
-# store, post-processed) and dropped after, so a run of a million windows holds about this
-# much, not every prompt (issue 16.2; benchmarks/README.md "Driver memory").
-PLAN_MEMORY_MB = float(os.environ.get("SIGRAY_PLAN_MEMORY_MB", "1024"))
+PLAN_MEMORY_MB = 1024.0  # default of $SIGRAY_PLAN_MEMORY_MB
+
+
+def plan_memory_mb() -> float:
+    """What a plan keeps of its signals' preprocessing (windows, prompts, MLBlocks context) in
+    the driver's memory, in MB: ``$SIGRAY_PLAN_MEMORY_MB``, else 1024. Past it, a signal is
+    preprocessed again where it is used (written to the store, post-processed) and dropped
+    after, so a run of a million windows does not hold every prompt (issue 16.2;
+    benchmarks/README.md "Driver memory"). Raises ConfigError for a value that is no size."""
+    text = os.environ.get("SIGRAY_PLAN_MEMORY_MB", "").strip()
+    if not text:
+        return PLAN_MEMORY_MB
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise ConfigError(
+            f"SIGRAY_PLAN_MEMORY_MB={text!r}: expected megabytes, 0 or more (0 keeps no signal's preprocessing "
+            "in memory); unset it for the default, 1024."
+        )
+    return value
 
 
 @dataclass
@@ -101,7 +118,7 @@ class PlannedSignal:
     settled, with the same data under the same generation, is preprocessed only when it is
     post-processed: the cost of a resumed run follows what is left to do (issue 16).
 
-    ``kept``: its preprocessing stays in memory (within ``PLAN_MEMORY_MB`` at planning);
+    ``kept``: its preprocessing stays in memory (within ``plan_memory_mb()`` at planning);
     otherwise each use ends with ``done_with``, which drops it. ``asks``: new to the store
     when planned (its windows may be asked of an engine)."""
 
@@ -236,6 +253,7 @@ def make_plan(
     odd but usable data is a ``SigrayWarning``.
     """
     started = time.perf_counter()
+    budget_mb = plan_memory_mb()
     pipeline = make_pipeline(config, base_spec)
     signals = _load(sources, config.timestamp_unit, rejected)
     if rejected is None:
@@ -274,7 +292,7 @@ def make_plan(
                 plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
                 plan.asks = True
                 size = plan.held_mb()
-                plan.kept = held_mb + size <= PLAN_MEMORY_MB
+                plan.kept = held_mb + size <= budget_mb
                 held_mb += size if plan.kept else 0.0
                 plan.done_with()
         if on_planned is not None:
@@ -293,5 +311,5 @@ def make_plan(
         detection_fingerprint=fingerprint(detection),
         normal=normal,
         planning_s=time.perf_counter() - started,
-        memory_mb=PLAN_MEMORY_MB,
+        memory_mb=budget_mb,
     )

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pandas as pd
+import pytest
 
 import sigray
 from sigray.store import PENDING, RunStore
@@ -92,12 +93,11 @@ def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_
     after planning and made again where it is used: written to the store in batches, and
     post-processed; the results are those of a run that kept everything (issue 16.2)."""
     from sigray import api
-    from sigray import plan as planning
     from sigray.plan import make_plan
 
     signals = [nab_signal(name) for name in (FIRST, "nyc_taxi", "machine_temperature_system_failure")]
     kept_all = sigray.run(signals, str(tmp_path / "kept"), engine="test-double", batch_size=64, progress=False)
-    monkeypatch.setattr(planning, "PLAN_MEMORY_MB", 1.0)  # more than the first signal's, less than nyc_taxi's
+    monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", "1")  # more than the first signal's, less than nyc_taxi's
     batches = []
     add_signals = RunStore.add_signals
     monkeypatch.setattr(RunStore, "add_signals", lambda store, new: batches.append(len(new)) or add_signals(store, new))
@@ -111,3 +111,13 @@ def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_
     for name, result in kept_all.signals.items():
         pd.testing.assert_frame_equal(bounded.signals[name].anomalies, result.anomalies)
         assert np.array_equal(bounded.signals[name].forecast, result.forecast, equal_nan=True)
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "inf", "nan"])
+def test_a_plan_memory_that_is_no_size_is_refused_naming_the_variable(monkeypatch, value):
+    from sigray.errors import ConfigError
+    from sigray.plan import make_plan
+
+    monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", value)
+    with pytest.raises(ConfigError, match=f"SIGRAY_PLAN_MEMORY_MB='{value}': expected megabytes, 0 or more"):
+        make_plan(sigray.api.run_config("unused", {"engine": "test-double"}), [nab_signal(FIRST)])

@@ -152,3 +152,48 @@ def test_a_run_where_no_prompt_fits_max_model_len_is_refused_before_an_engine_lo
     VllmEngine.check_fits(tiny_model, {"max_model_len": room}, requests)  # the shortest one fits: no error
     with pytest.raises(ConfigError, match=f"{room - 1}-token context"):
         VllmEngine.check_fits(tiny_model, {"max_model_len": room - 1}, requests)
+
+
+@pytest.mark.extended
+def test_multivariate_formats_on_a_real_vllm_engine_are_answered_within_their_constraints(
+    ray_session, tiny_model, tmp_path
+):
+    """Issue 18 with a real engine: sigllm's JSON-format detector and two of its other formats
+    (a pipeline JSON each) on the bundled NASA excerpt (5 channels), vLLM constrained by each
+    format's regex: every window answered at its first attempt, and every stored answer what
+    the format asks for. One engine serves the three runs (a worker pool, as a notebook's)."""
+    from sigray.api import run_config, run_plan
+    from sigray.demo import demo_signal
+    from sigray.plan import make_plan
+    from sigray.pool import WorkerPool
+    from tests.test_multivariate_formats import format_pipeline, params_of
+
+    name, frame = demo_signal(max_rows=150, multivariate=True)
+    window_25 = {"mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1": {"window_size": 25}}
+    pipelines = {
+        "json": ("multivariate_mistral_detector_jsonformat", window_25),
+        "value_concatenation": (
+            format_pipeline(tmp_path, "value_concatenation", params_of("value_concatenation", 5)),
+            {},
+        ),
+        "digit_interleave": (format_pipeline(tmp_path, "digit_interleave"), {}),
+    }
+    pool = WorkerPool()
+    try:
+        for k, (label, (pipeline, params)) in enumerate(pipelines.items()):
+            store = str(tmp_path / label)
+            settings = vllm_settings(tiny_model, pipeline=pipeline, pipeline_params=params)
+            plan = make_plan(run_config(store, settings), [(name, frame)])
+            result = run_plan(plan, pool=pool)
+            assert result.complete and result.failed_windows == 0 and result.retries == 0, label
+            assert result.workers_reused == (1 if k else 0)
+            opened = RunStore.open(store)
+            status, attempts = opened.read_state()
+            assert (status == DONE).all() and (attempts == 1).all()
+            answers, requests = opened.read_answers()[:, 0], opened.read_requests()
+            for answer, request in zip(answers, requests, strict=True):
+                assert re.fullmatch(plan.answers.regex_for(request.max_digits), str(answer)), (label, answer)
+                assert plan.answers.check(str(answer), max_digits=request.max_digits).ok
+            assert np.isfinite(result.signals[name].forecast).all()
+    finally:
+        pool.close()

@@ -59,6 +59,13 @@ class SignalResult:
     forecast_index: np.ndarray | None = None
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # a summary: the forecast of a long signal is thousands of numbers
+        forecast = "" if self.forecast is None else f", forecast of {len(self.forecast)} points"
+        return (
+            f"SignalResult({self.name!r}: {len(self.anomalies)} anomalies, {self.n_windows} windows, "
+            f"{len(self.failed_windows)} failed{forecast})"
+        )
+
 
 class Detections:
     """The run's result set, filled signal by signal into ``result.signals``."""

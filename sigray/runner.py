@@ -97,6 +97,14 @@ class RunResult:
     def complete(self) -> bool:
         return not self.stopped and not self.missing
 
+    def __repr__(self) -> str:  # a summary; each signal's in ``signals``, the figures as attributes
+        state = "complete" if self.complete else "stopped" if self.stopped else f"{len(self.missing)} signal(s) missing"
+        return (
+            f"RunResult({self.store!r}: {state}, {len(self.signals)} of {self.n_signals} signal(s) with results, "
+            f"{self.total_windows} windows ({self.computed_windows} computed, {self.resumed_windows} resumed, "
+            f"{self.failed_windows} failed), {self.elapsed_s:.1f} s)"
+        )
+
 
 def execute(
     plan: RunPlan,

@@ -319,3 +319,23 @@ def test_result_sets_are_listed_selected_and_compared(finished, tmp_path, capsys
     assert cli(["plot", store, "--signal", CPU, "-o", out, "--set", first.id, "--set", newest]) == 0 and _is_picture(
         out
     )
+
+
+def test_a_run_result_prints_as_a_summary_not_its_arrays():
+    """A notebook shows ``model.last_result``: a line of figures, not thousands of forecast values."""
+    import numpy as np
+    import pandas as pd
+
+    from sigray.postprocess import SignalResult
+    from sigray.runner import RunResult
+
+    anomalies = pd.DataFrame({"start": [10, 50], "end": [20, 60], "severity": [0.5, 0.9]})
+    signal = SignalResult("cpu", anomalies, [3], 4000, forecast=np.arange(10_000.0), forecast_index=np.arange(10_000))
+    result = RunResult(store="runs/cpu", n_signals=1, total_windows=4000, computed_windows=3999, failed_windows=1)
+    result.signals["cpu"] = signal
+    assert repr(signal) == "SignalResult('cpu': 2 anomalies, 4000 windows, 1 failed, forecast of 10000 points)"
+    text = repr(result)
+    assert text.startswith("RunResult('runs/cpu': complete, 1 of 1 signal(s) with results, 4000 windows")
+    assert "3999 computed" in text and "1 failed" in text and len(text) < 200
+    result.stopped = True
+    assert "stopped" in repr(result)

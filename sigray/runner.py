@@ -509,4 +509,15 @@ def _ensure_ray(options: dict) -> None:
     if os.environ.get("RAY_ADDRESS"):  # under `ray job submit`, or a user's cluster
         init_ray_keeping_stop(lambda: ray.init(address="auto", **options))
     else:
-        init_ray_keeping_stop(lambda: ray.init(include_dashboard=False, **options))
+        token_notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+        token_notice.addFilter(_default_token_auth_notice)
+        try:
+            init_ray_keeping_stop(lambda: ray.init(include_dashboard=False, **options))
+        finally:
+            token_notice.removeFilter(_default_token_auth_notice)
+
+
+def _default_token_auth_notice(record: logging.LogRecord) -> bool:
+    """Ray 2.60 says, starting any local cluster, that token authentication is on (its default);
+    in every run's output, and a notebook's, that is noise. A warning that it is off still shows."""
+    return not record.getMessage().startswith("Token authentication is enabled")

@@ -160,6 +160,7 @@ def test_the_tutorial_runs_from_top_to_bottom(tmp_path, short_tmp, monkeypatch):
     )
     assert "asked now" in text and "windows asked: 0" in text  # the threshold changed, no answer asked again
     assert "F1" in text and "mistral_detector on" in text
+    assert "Token authentication is enabled" not in text  # Ray's notice at every local start: not a reader's concern
     assert any("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
     assert (tmp_path / "tutorial-store").is_dir() and (tmp_path / "tutorial.png").is_file()
     # The run and detect held the same data: one signal, whose results are complete in every set.

@@ -49,3 +49,66 @@ def test_other_exits_from_ray_init_pass_through():
 def test_a_deadline_is_a_stop_request():
     with StopRequested(deadline_s=0) as stop:
         assert stop.requested
+
+
+def test_a_first_ctrl_c_is_a_stop_request_and_a_second_quits(capsys):
+    with StopRequested() as stop:
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.requested
+        assert "Ctrl-C again quits at once" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.extended
+def test_a_second_ctrl_c_quits_a_run_and_the_same_command_resumes_it(tmp_path, short_tmp):
+    """The runner's path for a second Ctrl-C: workers killed without their graceful close, exit
+    130; nothing saved is lost (windows done then are never generated again) and the same
+    command finishes with the results of an uninterrupted run."""
+    import numpy as np
+    import pandas as pd
+
+    import sigray
+    from sigray.engines.test_double import _digest
+    from sigray.store import DONE, RunStore
+    from tests.conftest import nab_signal
+    from tests.processes import kill_session, reap_orphans, start_cli, wait_for_done, wait_until_no_writer
+
+    name = "cpu_utilization_asg_misconfiguration"
+    store, log, ray_tmp = str(tmp_path / "run"), tmp_path / "generated.log", os.path.join(short_tmp, "ray-int")
+    command = ["run", nab_signal(name), "--store", store, "--engine", "test-double", "--batch-size", "4"]
+    command += ["--flush-interval", "0.5", "--engine-option", "delay_s=0.5", "--engine-option", f"log_path={log}"]
+    first = start_cli(command, ray_tmp)
+    try:
+        wait_for_done(store, 8, first)
+        first.send_signal(signal.SIGINT)  # a graceful stop begins...
+        seen = []
+        for line in first.stdout:  # (two signals sent at once may reach the process as one)
+            seen.append(line.decode())
+            if "sigray: stopping" in seen[-1]:
+                break
+        first.send_signal(signal.SIGINT)  # ...and the second, once the first was heard, quits
+        output = "".join(seen) + first.communicate(timeout=120)[0].decode()
+    finally:
+        kill_session(first)
+        reap_orphans(ray_tmp)
+    assert first.returncode == 130, output[-3000:]
+    assert "Ctrl-C again quits at once" in output
+    wait_until_no_writer(store)
+    opened = RunStore.open(store)
+    status, _ = opened.read_state()
+    done = {_digest(p) for p, s in zip(opened.read_prompts(), status) if s == DONE}
+    before = len(log.read_text().splitlines())
+    second = start_cli(command, ray_tmp)
+    try:
+        output = second.communicate(timeout=300)[0].decode()
+    finally:
+        kill_session(second)
+        reap_orphans(ray_tmp)
+    assert second.returncode == 0, output[-3000:]
+    again = {line.split()[0] for line in log.read_text().splitlines()[before:]}
+    assert done and not done & again  # what was saved is never asked again
+    reference = sigray.run([nab_signal(name)], str(tmp_path / "reference"), engine="test-double", progress=False)
+    resumed = sigray.open(store).results().anomalies[name]
+    pd.testing.assert_frame_equal(resumed, reference.anomalies[name].reset_index(drop=True), check_dtype=False)
+    assert np.all(RunStore.open(store).read_state()[0] == DONE)

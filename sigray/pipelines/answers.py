@@ -254,7 +254,7 @@ _JSON_PAIR = re.compile(r"d(\d+):(\d+)")
 # sigllm's other multivariate window formats (sigllm.primitives.formatting), by module name.
 SEPARATED_FORMATS = ("value_concatenation", "univariate_control")  # values written with a separator
 INTERLEAVE_FORMATS = ("value_interleave", "digit_interleave")  # a fixed-width digit string per step
-_FORMAT_CLASSES = {
+FORMAT_CLASSES = {  # module -> its class
     "value_concatenation": "ValueConcatenation",
     "univariate_control": "UnivariateControl",
     "value_interleave": "ValueInterleave",
@@ -348,7 +348,7 @@ class FormattedForecastAnswers:
         import importlib
 
         module = importlib.import_module(f"sigllm.primitives.formatting.{self.method}")
-        reader = getattr(module, _FORMAT_CLASSES[self.method])(num_dims=self.channels, target_column=self.target_column)
+        reader = getattr(module, FORMAT_CLASSES[self.method])(num_dims=self.channels, target_column=self.target_column)
         if self.interleaved:
             reader.metadata["width_used"] = width  # set by format_as_string on the signal
         return reader

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from sigllm.primitives.formatting import digit_interleave, univariate_control, value_concatenation, value_interleave
 
+from sigray.pipelines.answers import FORMAT_CLASSES
+
 
 def _keeping_trunc(base: type) -> type:
     def format_as_integer(self, X, trunc=None, **kwargs):
@@ -30,10 +32,5 @@ DigitInterleave = _keeping_trunc(digit_interleave.DigitInterleave)
 # primitive name in a pipeline JSON -> this module's stand-in
 READERS = {
     f"sigllm.primitives.formatting.{module}.format_as_integer": f"{__name__}.{name}"
-    for module, name in (
-        ("value_concatenation", "ValueConcatenation"),
-        ("univariate_control", "UnivariateControl"),
-        ("value_interleave", "ValueInterleave"),
-        ("digit_interleave", "DigitInterleave"),
-    )
+    for module, name in FORMAT_CLASSES.items()
 }

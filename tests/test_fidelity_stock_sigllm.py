@@ -175,7 +175,7 @@ def test_an_empty_answer_crashes_stock_sigllm_but_sigray_fails_only_that_window(
     assert answer_format.check("").reason == "empty answer"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
+        detection = pipeline.postprocess(plan.preprocessed, [None if w == bad else a for w, a in enumerate(answers)])
     assert detection.failed_windows == [bad]
     assert list(detection.anomalies.columns) == ["start", "end", "severity"]
 
@@ -208,7 +208,7 @@ def test_an_answer_without_the_target_channel_crashes_stock_sigllm_but_sigray_fa
     assert answer_format.check(answers[bad][0]).reason == "0 value(s) of channel d0, expected 1"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        detection = pipeline.postprocess(plan, [None if w == bad else a for w, a in enumerate(answers)])
+        detection = pipeline.postprocess(plan.preprocessed, [None if w == bad else a for w, a in enumerate(answers)])
     assert detection.failed_windows == [bad]
     assert len(detection.anomalies) > 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -11,6 +12,7 @@ from tests.conftest import prepare_without_engine
 
 ROLLING = "mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1"
 AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
+FORMAT_AS_INTEGER = "sigllm.primitives.transformation.format_as_integer#1"
 GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i in range(20000))
 
 
@@ -124,11 +126,40 @@ def test_bad_settings_are_named_before_anything_is_written(tmp_path, capsys):
         ([f"--param={ROLLING}.window_size=0"], f"--param {ROLLING}.window_size=0: expected an integer >= 1"),
         ([f"--param={ROLLING}.window_size=-5"], f"--param {ROLLING}.window_size=-5: expected an integer >= 1"),
         ([f"--param={AGGREGATE}.interval=0"], f"--param {AGGREGATE}.interval=0: expected an integer >= 1"),
+        ([f"--param={FORMAT_AS_INTEGER}.trunc=0"], f"--param {FORMAT_AS_INTEGER}.trunc=0: expected an integer >= 1"),
     ]
     for extra, message in cases:
         assert _run_cli(tmp_path, str(signal), "--store", store, *extra) == 2, extra
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, (extra, err)
+    assert not os.path.exists(store)
+
+
+def test_bad_settings_in_a_pipeline_json_are_named_as_its_own_before_anything_is_written(tmp_path, capsys):
+    """A pipeline file's init_params are checked as --param is (MLBlocks' own error is a TypeError
+    deep inside, or worse, a run that fails after its windows)."""
+    from sigray.pipelines.sigllm_pipeline import load_pipeline_spec
+
+    signal = tmp_path / "ok.csv"
+    signal.write_text(GOOD)
+    store = str(tmp_path / "s")
+    cases = [
+        ({ROLLING: {"window_size": "100"}}, f'init_params {ROLLING}.window_size="100": expected an integer'),
+        ({FORMAT_AS_INTEGER: {"trunc": 0}}, f"init_params {FORMAT_AS_INTEGER}.trunc=0: expected an integer >= 1"),
+        (
+            {ROLLING: {"widow_size": 100}},
+            f"init_params {ROLLING}.widow_size: the primitive has no parameter 'widow_size'. Did you mean",
+        ),
+    ]
+    for init_params, message in cases:
+        spec = load_pipeline_spec("mistral_detector")
+        for block, values in init_params.items():
+            spec["init_params"].setdefault(block, {}).update(values)
+        path = tmp_path / "mine.json"
+        path.write_text(json.dumps(spec))
+        assert _run_cli(tmp_path, str(signal), "--store", store, "--pipeline", str(path)) == 2, init_params
+        err = capsys.readouterr().err
+        assert f"pipeline {str(path)!r}: {message}" in err and "Traceback" not in err, (init_params, err)
     assert not os.path.exists(store)
 
 

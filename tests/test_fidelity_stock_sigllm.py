@@ -216,7 +216,7 @@ def test_an_answer_without_the_target_channel_crashes_stock_sigllm_but_sigray_fa
 # sigllm's other multivariate formats (issue 18.6) in a pipeline JSON. Stock keeps every value
 # of an answer in these formats (MLBlocks gives trunc to the reader's constructor, which never
 # reads it) and loses the interleave formats' width between their two blocks; sigray reads
-# them as sigllm's own run_pipeline does (sigray.pipelines.format_readers).
+# them as sigllm's own run_pipeline does (sigray.pipelines.format_methods).
 FORMAT_CASES = {
     # Answers of the target's forecast then two other channels' values: one target value, as stock keeps.
     "value_concatenation": ("equal", None),

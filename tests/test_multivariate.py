@@ -105,7 +105,9 @@ def test_signals_with_different_channels_are_refused_in_one_run_but_not_in_a_ben
 
 def test_a_target_channel_the_signal_lacks_is_refused(c1_head):
     with pytest.raises(InputError, match="forecasts channel 60"):
-        _plan([c1_head], params={ROLLING: {"window_size": 25, "target_column": 60}})
+        _plan(
+            [c1_head], params={ROLLING: {"window_size": 25, "target_column": 60}, JSON_INTEGER: {"target_column": 60}}
+        )
 
 
 @pytest.mark.parametrize(

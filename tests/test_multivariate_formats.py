@@ -110,7 +110,7 @@ def test_each_format_checks_answers_as_its_sigllm_reader_keeps_them(tmp_path, c1
 
 
 def test_value_concatenation_needs_the_signals_channel_count(tmp_path, c1_head):
-    with pytest.raises(InputError, match=r"55 channel\(s\).*reads answers as None per step.*num_dims=55"):
+    with pytest.raises(InputError, match=r"55 channel\(s\).*reads answers without num_dims set.*num_dims=55"):
         _plan(format_pipeline(tmp_path, "value_concatenation"), [c1_head])
     with pytest.raises(InputError, match="num_dims=55"):
         _plan(format_pipeline(tmp_path, "value_concatenation", {"num_dims": 25}), [c1_head])
@@ -129,8 +129,47 @@ def test_answers_read_in_another_format_than_the_windows_are_refused(tmp_path, c
 
 
 def test_a_format_read_without_trunc_is_refused(tmp_path, c1_head):
-    with pytest.raises(ConfigError, match="needs trunc"):
+    with pytest.raises(ConfigError, match=r"format_as_integer#1.trunc is None.*Set --param .*trunc=1"):
         _plan(format_pipeline(tmp_path, "value_interleave", {"trunc": None}), [c1_head])
+
+
+@pytest.mark.parametrize("method", FORMATS)
+def test_settings_a_format_cannot_be_checked_with_are_refused_before_any_store(tmp_path, c1_head, method):
+    """trunc below 1 (stock: empty answers, then an OverflowError), another separator, or a reader
+    scoring a channel other than the rolling window's target: each refused at planning."""
+    cases = [
+        ({"trunc": 0}, r"trunc=0: expected an integer >= 1"),
+        ({"trunc": -2}, r"trunc=-2: expected an integer >= 1"),
+        ({"separator": ";"}, r"separator=\";\": sigray checks .* default separator ','"),
+        ({"target_column": 3}, r"forecasts one channel and compares it with another .*target_column=3"),
+    ]
+    for params, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            _plan(format_pipeline(tmp_path, method, {**params_of(method), **params}), [c1_head])
+
+
+def test_the_univariate_control_writes_and_reads_the_rolling_windows_target(tmp_path, c1_head):
+    path = format_pipeline(tmp_path, "univariate_control")
+    spec = json.loads(open(path).read())
+    spec["init_params"]["sigllm.primitives.formatting.univariate_control.format_as_string#1"] = {"target_column": 2}
+    open(path, "w").write(json.dumps(spec))
+    with pytest.raises(ConfigError, match=r"format_as_string#1.target_column=2"):
+        _plan(path, [c1_head])
+
+
+def test_an_interleave_writers_digits_per_timestamp_is_used_as_sigllms_run_pipeline_uses_it(tmp_path, c1_head):
+    """Stock MLBlocks gives it to the constructor, which format_as_string never reads (always 3)."""
+    widths = {}
+    for digits in (3, 6):
+        path = format_pipeline(tmp_path, "digit_interleave")
+        spec = json.loads(open(path).read())
+        writer = "sigllm.primitives.formatting.digit_interleave.format_as_string#1"
+        spec["init_params"][writer] = {"digits_per_timestamp": digits}
+        open(path, "w").write(json.dumps(spec))
+        plan = _plan(path, [c1_head]).plans[0]
+        first_step = plan.windows[0].split(",")[0]
+        widths[digits] = (plan.preprocessed.width_used, len(first_step) // 55)
+    assert widths[6] == (6, 6) and widths[3][0] == widths[3][1] < 6
 
 
 def test_the_persistence_control_is_explained_as_a_baseline_without_a_model(tmp_path, c1_head):

@@ -29,6 +29,7 @@ from sigray.config import canonical_json
 from sigray.engines.base import Sampling
 from sigray.errors import ConfigError, InputError
 from sigray.pipelines.answers import (
+    FORMAT_CLASSES,
     INTERLEAVE_FORMATS,
     SEPARATED_FORMATS,
     AnomalyAnswers,
@@ -152,7 +153,7 @@ def sigllm_pipelines() -> list[str]:
 def apply_overrides(spec: dict, params: dict) -> dict:
     """A copy of ``spec`` with ``{"block#1": {"param": value}}`` overrides applied."""
     spec = copy.deepcopy(spec)
-    names = _block_names(spec["primitives"])
+    names = block_names(spec["primitives"])
     init_params = spec.setdefault("init_params", {})
     for block, values in params.items():
         if block not in names:
@@ -177,20 +178,28 @@ _TYPES = {
 # Lower bounds the primitives' annotations do not give: at 0 ``time_segments_aggregate`` loops
 # forever and ``rolling_window_sequences`` makes empty windows (below 0, an IndexError), after
 # the run was planned and its store made.
+# A reader's ``trunc`` (target values kept per answer) at 0 keeps none: sigllm's readers return
+# empty answers and post-processing fails (an OverflowError, or zarr's on the empty forecast).
 _AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate"
 _ROLLING = "mlstars.custom.timeseries_preprocessing.rolling_window_sequences"
+_READERS = (
+    "sigllm.primitives.transformation.format_as_integer",
+    *(f"sigllm.primitives.formatting.{m}.format_as_integer" for m in ("json_format", *FORMAT_CLASSES)),
+)
 _AT_LEAST = {
     (_AGGREGATE, "interval"): 1,
     (_ROLLING, "window_size"): 1,
     (_ROLLING, "target_size"): 1,
     (_ROLLING, "step_size"): 1,
+    **{(reader, "trunc"): 1 for reader in _READERS},
 }
 
 
-def check_hyperparameters(block: str, values: dict) -> None:
+def check_hyperparameters(block: str, values: dict, source: str = "--param") -> None:
     """Refuse what MLBlocks would fail on (or loop forever with) after hours of work: a name the
     primitive does not take, a value of the wrong type, outside its range or its choices.
-    The rules are the primitive's own annotation (MLBlocks' JSON)."""
+    The rules are the primitive's own annotation (MLBlocks' JSON). ``source`` names where the
+    values were set, for the message (``--param``, or a pipeline JSON's init_params)."""
     from mlblocks.discovery import load_primitive
 
     use_sigllm_registry()
@@ -198,7 +207,7 @@ def check_hyperparameters(block: str, values: dict) -> None:
     for kind in ("fixed", "tunable"):
         known.update(load_primitive(block.split("#")[0]).get("hyperparameters", {}).get(kind, {}))
     for name, value in values.items():
-        where = f"--param {block}.{name}"
+        where = f"{source} {block}.{name}"
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
@@ -265,13 +274,13 @@ def fix_error_units(spec: dict, pipeline: str) -> dict:
     spec = copy.deepcopy(spec)
     at = spec["primitives"].index(_REGRESSION_ERRORS)
     spec["primitives"].insert(at, _SCALAR2FLOAT)
-    name = _block_names(spec["primitives"])[at]
+    name = block_names(spec["primitives"])[at]
     spec.setdefault("input_names", {})[name] = {"X": "y"}
     spec.setdefault("output_names", {})[name] = {"X": "y"}
     return spec
 
 
-def _block_names(primitives: list) -> list[str]:
+def block_names(primitives: list) -> list[str]:
     counts: dict[str, int] = {}
     names = []
     for primitive in primitives:
@@ -306,7 +315,7 @@ class SigllmPipeline:
             check_hyperparameters(block, values)
         if fix_units:
             self.spec = fix_error_units(self.spec, pipeline)
-        names = _block_names(self.spec["primitives"])
+        names = block_names(self.spec["primitives"])
         llm = [i for i, p in enumerate(self.spec["primitives"]) if p in LLM_STEPS]
         if len(llm) != 1:
             baseline = any(_PERSISTENCE in p for p in self.spec["primitives"] if isinstance(p, str))
@@ -326,6 +335,10 @@ class SigllmPipeline:
         self._writer_block = next((n for n in before if _format_method(n) and "format_as_string" in n), None)
         self._parse_block = next((n for n in after if n.startswith(_PARSE_RESPONSE + "#")), None)
         self._check_multivariate_formats(pipeline, after)
+        for block, values in self.base_spec.get("init_params", {}).items():
+            if block in names:  # what the pipeline JSON sets, as --param is checked
+                given = {k: v for k, v in values.items() if k not in self.params.get(block, {})}
+                check_hyperparameters(block, given, source=f"pipeline {pipeline!r}: init_params")
         if self._parse_block and self._block_params(self._parse_block).get("interval") and self._format_block:
             raise ConfigError(
                 f"pipeline {pipeline!r} parses interval answers and then runs format_as_integer on them, "
@@ -356,9 +369,29 @@ class SigllmPipeline:
         params = self._block_params(reader)
         if params.get("trunc") is None or params.get("steps_ahead") is not None:
             raise ConfigError(
-                f"--param {reader}: sigray needs trunc (target values kept per answer) and no "
+                f"pipeline {pipeline!r}: {reader}.trunc is {params.get('trunc')} and steps_ahead "
+                f"{params.get('steps_ahead')}; sigray needs trunc (target values kept per answer) and no "
                 "steps_ahead: without trunc or with steps_ahead sigllm's format_as_integer returns ragged lists "
-                "or a dict, which its Scalar2Float cannot convert."
+                f"or a dict, which its Scalar2Float cannot convert. Set --param {reader}.trunc=1."
+            )
+        for block in filter(None, (self._writer_block, reader)):
+            separator = self._block_params(block).get("separator", ",")
+            if separator != ",":
+                raise ConfigError(
+                    f"--param {block}.separator={json.dumps(separator)}: sigray checks sigllm's multivariate "
+                    "formats with their default separator ','; drop the setting."
+                )
+        columns = {
+            block: self._block_params(block).get("target_column")
+            for block in (self._block("rolling_window_sequences#1"), self._writer_block, reader)
+            if block and "target_column" in self._block_params(block)
+        }
+        if len({json.dumps(c) for c in columns.values()}) > 1:
+            given = ", ".join(f"{block}.target_column={json.dumps(c)}" for block, c in columns.items())
+            raise ConfigError(
+                f"pipeline {pipeline!r} forecasts one channel and compares it with another ({given}): sigllm "
+                "scores the reader's channel against the rolling window's target. Give every block the same "
+                "target_column."
             )
 
     @property
@@ -401,7 +434,7 @@ class SigllmPipeline:
         return self._block_params(block).get(name, default)
 
     def _block(self, suffix: str) -> str | None:
-        return next((n for n in _block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
+        return next((n for n in block_names(self.spec["primitives"]) if n.endswith(suffix)), None)
 
     def window_setting(self) -> tuple[str, int] | None:
         """(block, window_size) of the pipeline's rolling windows; None when it has none."""
@@ -420,7 +453,7 @@ class SigllmPipeline:
     def generation_spec(self) -> dict:
         """The part of the pipeline that decides a window's answers: every block up to and
         including the LLM step, with its parameters and wiring."""
-        names = _block_names(self.spec["primitives"])[: self._llm_index + 1]
+        names = block_names(self.spec["primitives"])[: self._llm_index + 1]
         return {
             "primitives": self.spec["primitives"][: self._llm_index + 1],
             "init_params": {b: p for b, p in self.spec.get("init_params", {}).items() if b in names},
@@ -430,7 +463,7 @@ class SigllmPipeline:
 
     def detection_settings(self) -> dict:
         """Everything after the LLM step, resolved (defaults included): a result set's identity."""
-        names = _block_names(self.spec["primitives"])[self._llm_index + 1 :]
+        names = block_names(self.spec["primitives"])[self._llm_index + 1 :]
         return {
             "primitives": self.spec["primitives"][self._llm_index + 1 :],
             "params": {b: self._block_params(b) for b in names},
@@ -538,9 +571,10 @@ class SigllmPipeline:
         if _format_method(self._reader_block or "") == "value_concatenation":
             num_dims = self._block_params(self._reader_block).get("num_dims")
             if num_dims != signal.channels:
+                reads = "without num_dims set" if num_dims is None else f"as {num_dims} per step"
                 raise InputError(
                     f"signal {signal.name!r} has {signal.channels} channel(s) and sigllm's value_concatenation reads "
-                    f"answers as {num_dims} per step; set --param {self._reader_block}.num_dims={signal.channels}."
+                    f"answers {reads}; set --param {self._reader_block}.num_dims={signal.channels}."
                 )
         target = self._param_of("rolling_window_sequences#1", "target_column", 0)
         if self.multivariate and isinstance(target, int) and not 0 <= target < signal.channels:
@@ -600,9 +634,9 @@ class SigllmPipeline:
         boundary["produce"]["method"] = "produce"
         boundary.pop("fit", None)
         spec["primitives"][self._llm_index] = boundary
-        from sigray.pipelines.format_readers import READERS
+        from sigray.pipelines.format_methods import STAND_INS
 
-        stand_ins = {**REPLACEMENTS, **READERS}
+        stand_ins = {**REPLACEMENTS, **STAND_INS}
         for i, primitive in enumerate(spec["primitives"]):
             if isinstance(primitive, str) and primitive in stand_ins:
                 annotation = copy.deepcopy(load_primitive(primitive))

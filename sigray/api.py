@@ -45,7 +45,8 @@ def run(
         ray_options: keyword arguments for ``ray.init`` when Ray is not running yet.
         new: replace what the store holds with a new, empty store first (crash-safe:
             a crash leaves the old store or the new one). Refused while a run holds it.
-        **settings: any ``RunConfig`` field (pipeline, model, engine, workers, ...).
+        **settings: any ``RunConfig`` field (pipeline, model, engine, workers, ...). ``pipeline``
+            may also be a pipeline dict (sigllm's JSON, loaded), as ``sigllm.SigLLM`` takes.
 
     Returns a RunResult: ``.anomalies[name]`` is a DataFrame of start, end, severity
     (sigllm's shape), ``.signals[name].failed_windows`` lists windows left unanswered.
@@ -54,9 +55,14 @@ def run(
     """
     if not isinstance(progress, bool):
         raise ConfigError(f"progress must be True or False, not {progress!r}.")
+    base_spec = settings.get("pipeline") if isinstance(settings.get("pipeline"), dict) else None
+    if base_spec is not None:
+        settings = {**settings, "pipeline": "custom"}  # as sigray.SigLLM names a pipeline dict
     config = run_config(store, settings)
     with ProgressDisplay(quiet=not progress) as planning:
-        plan = make_plan(config, list(signals), settled=settled_in(config, new), on_planned=planning.planned)
+        plan = make_plan(
+            config, list(signals), base_spec=base_spec, settled=settled_in(config, new), on_planned=planning.planned
+        )
     return run_plan(
         plan, on_progress=on_progress, progress=progress, deadline_s=deadline_s, ray_options=ray_options, new=new
     )

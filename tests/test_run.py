@@ -41,6 +41,21 @@ def test_rerunning_a_finished_run_computes_nothing_and_returns_the_same_anomalie
     pd.testing.assert_frame_equal(first.anomalies[name], again.anomalies[name])
 
 
+def test_a_pipeline_dict_runs_and_resumes_as_sigllms_own_pipeline_dicts_do(ray_session, cpu_signal, tmp_path):
+    from sigray.pipelines.sigllm_pipeline import load_pipeline_spec
+
+    spec = load_pipeline_spec("mistral_detector")
+    spec["init_params"]["mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1"]["window_size"] = 100
+    store = str(tmp_path / "run")
+    first = sigray.run([cpu_signal], store, pipeline=spec, **FAST)
+    assert first.total_windows == 111 + 140 - 100  # a window of 100 steps, not sigllm's 140
+    again = sigray.run([cpu_signal], store, pipeline=spec, **FAST)
+    assert again.computed_windows == 0 and again.resumed_windows == first.total_windows
+    for pipeline in (None, ["mistral_detector"]):
+        with pytest.raises(sigray.ConfigError, match="pipeline=.*must be a sigllm pipeline name or JSON path"):
+            sigray.run([cpu_signal], str(tmp_path / "other"), pipeline=pipeline, **FAST)
+
+
 def test_malformed_answers_are_retried_then_failed_and_the_run_still_finishes(ray_session, cpu_signal, tmp_path):
     store = str(tmp_path / "run")
     result = sigray.run([cpu_signal], store, max_attempts=2, engine_options={"garbage_rate": 0.4}, **FAST)

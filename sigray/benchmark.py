@@ -198,7 +198,23 @@ def dataset_parameters(pipeline: str, dataset: str) -> dict:
     if not os.path.isfile(path):
         return {}
     with open(path) as f:
-        return json.load(f)
+        params = json.load(f)
+    return _with_normals_aggregation(params, pipeline)
+
+
+def _with_normals_aggregation(params: dict, pipeline: str) -> dict:
+    """A one-shot prompter aggregates its normal reference in a second ``time_segments_aggregate``:
+    it gets the dataset's interval too, as sigllm's ``benchmark._augment_hyperparameters`` gives it."""
+    from sigray.pipelines.sigllm_pipeline import block_names, load_pipeline_spec
+
+    names = block_names(load_pipeline_spec(pipeline)["primitives"])
+    params = dict(params)
+    for block, values in list(params.items()):
+        if "time_segments_aggregate#" in block:
+            following = f"{block[: block.rindex('#') + 1]}{int(block.rsplit('#', 1)[1]) + 1}"
+            if following in names:
+                params.setdefault(following, values)
+    return params
 
 
 def _parameter_sets(found: list[BenchmarkSignal], config, store: str):

@@ -160,6 +160,10 @@ def test_a_dataset_sigllm_has_parameters_for_runs_with_them_in_a_store_of_its_ow
     assert dataset_parameters("gpt_prompter", "SMAP")[aggregate]["interval"] == 21600
     assert dataset_parameters("mistral_detector", "realTweets") == {}  # sigllm has none for detectors
     assert dataset_parameters("mistral_prompter", "nab") == {}
+    # a one-shot prompter's normal reference is aggregated alike (sigllm's _augment_hyperparameters)
+    one_shot = dataset_parameters("mistral_prompter_1shot", "realTweets")
+    assert one_shot[aggregate]["interval"] == one_shot[aggregate[:-1] + "2"]["interval"] == 600
+    assert aggregate[:-1] + "2" not in dataset_parameters("mistral_prompter", "realTweets")
 
     tweets = tmp_path / "realTweets"
     tweets.mkdir()

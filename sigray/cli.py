@@ -203,7 +203,30 @@ def _report(result, args, picture: str | None = None) -> int:
             print(line, file=sys.stderr if line.startswith("sigray: warning") else sys.stdout)
     for line in _missing_lines(result):
         print(f"sigray: {line}", file=sys.stderr)
-    return EXIT_INCOMPLETE if result.missing else 0
+    unanswered = _unanswered(result)
+    if unanswered:
+        print(f"sigray: {_unanswered_line(result, unanswered)}", file=sys.stderr)
+    if result.missing:
+        return EXIT_INCOMPLETE
+    return EXIT_ERROR if result.signals and len(unanswered) == len(result.signals) else 0
+
+
+def _unanswered(result) -> list[str]:
+    """Signals with a result but no window answered: "no anomalies" there means nothing."""
+    return [n for n, s in result.signals.items() if s.n_windows and len(s.failed_windows) == s.n_windows]
+
+
+def _unanswered_line(result, names: list[str]) -> str:
+    reasons: dict[str, int] = {}
+    for name in names:
+        for reason, count in result.signals[name].failure_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    common = "; ".join(f"{count}x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return (
+        f"no valid answer for any window of {len(names)} signal(s) ({', '.join(names[:20])}): nothing was "
+        f"detected there ({common}). Each window was asked up to --max-attempts times: check the model and the "
+        "answers it gives (`sigray status` says why windows failed)."
+    )
 
 
 def _missing_lines(result) -> list[str]:
@@ -301,12 +324,13 @@ def _print_result(result) -> None:
                 line += f" ({result.reused_results} of {len(result.signals)} signals' results reused)"
         print(line)
     table = _anomaly_table(result.anomalies)
+    answered = len(result.signals) - len(_unanswered(result))
     if len(table):
         print(table.to_string(index=False))
-    elif not result.missing:
+    elif answered and not result.missing and answered == len(result.signals):
         print("no anomalies found.")
-    elif result.signals:  # the missing ones are named on stderr
-        print(f"no anomalies found in the {len(result.signals)} signal(s) with results.")
+    elif answered:  # the missing and unanswered ones are named on stderr
+        print(f"no anomalies found in the {answered} signal(s) with answered windows.")
     for name, signal in result.signals.items():
         if signal.failed_windows:
             reasons = "; ".join(f"{count}x {reason}" for reason, count in signal.failure_reasons.items())
@@ -591,7 +615,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sigray",
         description="Resumable SigLLM anomaly detection on Ray with vLLM; every result is kept in a Zarr store.",
-        epilog="Exit codes: 0 done, 1 a run error, 2 bad input, settings, model or store, 3 results incomplete "
+        epilog="Exit codes: 0 done, 1 a run error or no valid answer for any window, 2 bad input, settings, model "
+        "or store, 3 results incomplete "
         "(some signals not finished: named on stderr), 75 stopped on purpose (run the same command to resume).",
     )
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -643,7 +668,7 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument(
         "--fix-error-units", choices=["on", "off"], default=None, help="detectors: the units fix (default: as the run)"
     )
-    detect.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    detect.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     detect.add_argument("--json", action="store_true", help="print the result as JSON")
     detect.add_argument("--plot-dir", default=None, metavar="DIR", help="one PNG per signal here")
     detect.set_defaults(command=cmd_detect)
@@ -732,7 +757,11 @@ def _add_run_options(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray cluster")
     run.add_argument("--num-gpus", type=float, default=None, help="GPUs of a local Ray cluster")
-    run.add_argument("--quiet", action="store_true", help="no progress output")
+    run.add_argument(
+        "--quiet",
+        action="store_true",
+        help="print nothing but errors and warnings (no progress, no results: read them with `sigray results`)",
+    )
     run.add_argument("--verbose", action="store_true", help="show the workers' and engines' own logs")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
 

@@ -234,6 +234,18 @@ def test_a_finished_run_with_failed_windows_says_what_was_left_out(ray_session, 
     assert all("no valid answer in 1 attempts" in reason for reason in sigray.open(store).failures()["reason"])
 
 
+def test_a_run_where_no_window_got_a_valid_answer_never_says_no_anomalies_found(ray_session, tmp_path, capsys):
+    store = str(tmp_path / "run")
+    args = ["run", nab_signal(CPU), "--store", store, "--engine", "test-double", "--max-attempts", "1"]
+    args += ["--engine-option", "garbage_rate=1.0", "--batch-size", "64"]
+    assert cli(args) == 1
+    printed = capsys.readouterr()
+    assert "no anomalies found" not in printed.out and "111 failed" in printed.out
+    assert f"no valid answer for any window of 1 signal(s) ({CPU}): nothing was detected there" in printed.err
+    assert cli(["detect", store]) == 1  # read again from the store: the same
+    assert "no valid answer for any window" in capsys.readouterr().err
+
+
 def test_plot_of_an_unfinished_run_says_so_and_works_once_it_finished(stopped, tmp_path, capsys):
     store = str(tmp_path / "copy")
     shutil.copytree(stopped, store)

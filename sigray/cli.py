@@ -135,12 +135,14 @@ def cmd_benchmark(args) -> int:
         summary["stores"] = list(board.runs)
         print(json.dumps({**summary, **records, "files": written}))
     elif not args.quiet:
-        number = lambda v: f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"  # noqa: E731 - weighted counts are seconds
+        # weighted tp/fp/fn are seconds (Orion's contextual matrix): whole numbers print whole
+        number = lambda v: f"{v:.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.3f}"  # noqa: E731
         counts = {"windows": "string", "failed_windows": "string"}
         shown = board.signals.drop(columns=["pipeline", "reason"]).astype(counts).fillna(dict.fromkeys(counts, "-"))
         print(shown.to_string(index=False, float_format=number, na_rep="-"))
         print()
         print(board.datasets.to_string(index=False, float_format=number, na_rep="-"))
+        print(_windows_line(board.runs.values()))
         print(f"leaderboard: {', '.join(written)}")
     signals = board.signals
     errors = signals[signals["status"] == ERROR]
@@ -165,6 +167,18 @@ def cmd_benchmark(args) -> int:
         print("sigray: incomplete: PENDING signals have windows to answer; run the same command.", file=sys.stderr)
         return EXIT_INCOMPLETE
     return EXIT_USAGE if len(errors) == len(signals) else 0
+
+
+def _windows_line(runs) -> str:
+    """What a benchmark's runs asked of the engine and what they found saved (a rerun: all reused)."""
+    runs = list(runs)
+    total, reused = sum(r.total_windows for r in runs), sum(r.resumed_windows for r in runs)
+    generated, failed = sum(r.computed_windows for r in runs), sum(r.failed_windows for r in runs)
+    seconds = sum(r.elapsed_s for r in runs)
+    return (
+        f"windows: {total} in {len(runs)} store(s): {reused} reused, {generated} generated, {failed} failed; "
+        f"{seconds:.1f} s."
+    )
 
 
 def _resumable_line(result) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 
 import pandas as pd
@@ -42,8 +43,10 @@ def test_every_signal_has_a_row_the_runnable_ones_are_scored_and_a_rerun_compute
     store, out = str(tmp_path / "store"), str(tmp_path / "board")
     command = ["benchmark", NAB, "--labels", LABELS, "--store", store, "-o", out, *RUN]
     assert cli(command) == 0
-    err = capsys.readouterr().err
-    assert "9 of 13 signal(s) not run" in err and "too short for one window" in err
+    printed = capsys.readouterr()
+    assert "9 of 13 signal(s) not run" in printed.err and "too short for one window" in printed.err
+    first = re.search(r"windows: (\d+) in 1 store\(s\): 0 reused, (\d+) generated, 0 failed", printed.out)
+    assert first and first[1] == first[2]
 
     board = pd.read_csv(os.path.join(out, "leaderboard.csv"))
     signals = sorted(f[:-4] for f in os.listdir(NAB) if f.endswith(".csv") and not f.startswith("anomalies"))
@@ -72,6 +75,7 @@ def test_every_signal_has_a_row_the_runnable_ones_are_scored_and_a_rerun_compute
     monkeypatch.setattr(sigray.runner, "_ensure_ray", lambda options: pytest.fail("a finished benchmark started Ray"))
     assert cli(command) == 0
     pd.testing.assert_frame_equal(pd.read_csv(os.path.join(out, "leaderboard.csv")), board)
+    assert f"windows: {first[1]} in 1 store(s): {first[1]} reused, 0 generated, 0 failed" in capsys.readouterr().out
 
 
 def test_a_stopped_benchmark_lists_its_unfinished_signals_and_a_rerun_finishes_them(ray_session, tmp_path):

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import warnings
 from types import SimpleNamespace
 
 import pandas as pd
@@ -351,3 +352,13 @@ def test_a_run_result_prints_as_a_summary_not_its_arrays():
     assert "3999 computed" in text and "1 failed" in text and len(text) < 200
     result.stopped = True
     assert "stopped" in repr(result)
+
+
+def test_odd_timestamps_are_named_by_their_csv_lines_once_when_read_and_not_again_by_detect(ray_session, tmp_path):
+    store = str(tmp_path / "run")
+    with pytest.warns(sigray.SigrayWarning, match=r"timestamps repeat at row\(s\) 10151, 10152"):
+        sigray.run([nab_signal("machine_temperature_system_failure")], store, **FAST)  # line 1 is the header
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sigray.detect(store)
+    assert not [w for w in caught if "timestamps repeat" in str(w.message)]

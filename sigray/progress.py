@@ -7,6 +7,7 @@ calls a ``ProgressDisplay`` about once a second with a ``Progress``.
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -26,7 +27,7 @@ class ProgressDisplay:
     def __init__(self, quiet: bool = False, every_s: float = 5.0):
         self.quiet = quiet
         self.every_s = every_s
-        self.last = 0.0
+        self.last = -math.inf  # when a line was last printed: never (monotonic time may start near 0 at boot)
         self.bar = None
         self.unprinted: Progress | None = None  # a log's latest progress not yet written
         self.planning_since: float | None = None
@@ -68,7 +69,7 @@ class ProgressDisplay:
         if self.quiet:
             return
         now = time.monotonic()
-        self.planning_since = self.planning_since or now
+        self.planning_since = now if self.planning_since is None else self.planning_since
         if now - self.planning_since >= self.every_s and now - self.last >= self.every_s:
             self.last = now
             print(

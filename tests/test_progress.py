@@ -23,6 +23,15 @@ def test_a_log_gets_timed_lines_and_always_the_last_state(capsys):
     assert lines[0][2] == ":" and lines[0][5] == ":"  # HH:MM:SS first
 
 
+def test_a_machine_booted_minutes_ago_gets_its_first_line_too(capsys, monkeypatch):
+    """time.monotonic() counts from boot on Linux: a fresh CI machine's is below every_s."""
+    monkeypatch.setattr("sigray.progress.time.monotonic", lambda: 120.0)
+    with ProgressDisplay(every_s=3600) as display:
+        display(_progress(1))
+        display.planned(1, 2)
+    assert "progress: 1/10 done" in capsys.readouterr().err
+
+
 def test_quiet_shows_nothing(capsys):
     with ProgressDisplay(quiet=True, every_s=0) as display:
         display(_progress(5))

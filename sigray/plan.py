@@ -25,17 +25,18 @@ from sigray.errors import ConfigError, InputError, SigrayWarning
 from sigray.keys import window_key, window_seed
 from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
-from sigray.signals import Signal, load_signals, name_of
+from sigray.signals import Signal, load_signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
 
 PLAN_MEMORY_MB = 1024.0  # default of $SIGRAY_PLAN_MEMORY_MB
 
 
 def plan_memory_mb() -> float:
-    """What a plan keeps of its signals' preprocessing (windows, prompts, MLBlocks context) in
-    the driver's memory, in MB: ``$SIGRAY_PLAN_MEMORY_MB``, else 1024. Past it, a signal is
-    preprocessed again where it is used (written to the store, post-processed) and dropped
-    after, so a run of a million windows does not hold every prompt (issue 16.2;
+    """What a plan keeps of its signals' data and preprocessing (windows, prompts, MLBlocks
+    context) in the driver's memory, in MB: ``$SIGRAY_PLAN_MEMORY_MB``, else 1024. Past it, a
+    signal is read again from its file and preprocessed again where it is used (written to the
+    store, post-processed) and dropped after, so a run of a million windows does not hold every
+    prompt or every signal (issue 16.2;
     benchmarks/README.md "Driver memory"). Raises ConfigError for a value that is no size."""
     text = os.environ.get("SIGRAY_PLAN_MEMORY_MB", "").strip()
     if not text:
@@ -89,7 +90,7 @@ class RunPlan:
     def new_signal(self, plan: PlannedSignal) -> NewSignal:
         signal = plan.signal
         values = signal.values.reshape(len(signal.values), -1)
-        return NewSignal(signal.name, signal.digest(), signal.timestamps, values, plan.requests)
+        return NewSignal(plan.name, plan.digest, signal.timestamps, values, plan.requests)
 
 
 def generation_identity(config: RunConfig, pipeline: SigllmPipeline, answers: AnswerFormat, normal) -> dict:
@@ -118,29 +119,65 @@ class PlannedSignal:
     settled, with the same data under the same generation, is preprocessed only when it is
     post-processed: the cost of a resumed run follows what is left to do (issue 16).
 
-    ``kept``: its preprocessing stays in memory (within ``plan_memory_mb()`` at planning);
-    otherwise each use ends with ``done_with``, which drops it. ``asks``: new to the store
-    when planned (its windows may be asked of an engine)."""
+    ``kept``: its data and preprocessing stay in memory (within ``plan_memory_mb()`` at
+    planning); otherwise each use ends with ``done_with``, which drops the preprocessing and,
+    when the signal can be read again from its file (``reload``), its data: the driver's memory
+    then follows the budget, not the run's size. ``asks``: new to the store when planned (its
+    windows may be asked of an engine). ``digest``: the data's (``Signal.digest``), checked
+    again on every reload."""
 
-    def __init__(self, signal: Signal, pipeline: SigllmPipeline, normal, answers: AnswerFormat, generation: str):
-        self.signal = signal
+    def __init__(
+        self,
+        signal: Signal,
+        pipeline: SigllmPipeline,
+        normal,
+        answers: AnswerFormat,
+        generation: str,
+        reload: Callable[[], Signal] | None = None,
+    ):
+        self.name, self.digest, self.channels = signal.name, signal.digest(), signal.channels
+        self._signal: Signal | None = signal
+        self._reload = reload
         self._pipeline, self._normal, self._answers, self._generation = pipeline, normal, answers, generation
         self.kept = False
         self.asks = False
 
+    @property
+    def signal(self) -> Signal:
+        """The signal's data, read again from its file when it was dropped. Raises InputError
+        when the file no longer holds the data planned (changed while the run ran)."""
+        if self._signal is None:
+            signal = self._reload()
+            if signal.digest() != self.digest:
+                raise InputError(
+                    f"signal {self.name!r}: its file changed while the run ran (its data is not what was planned); "
+                    "run the same command again to plan the new data."
+                )
+            self._signal = signal
+        return self._signal
+
+    @property
+    def holds_data(self) -> bool:
+        return self._signal is not None
+
     def done_with(self) -> None:
-        """A use of the preprocessing is over: drop it unless the plan keeps it."""
+        """A use of the signal is over: drop its preprocessing, and its data when it can be
+        read again, unless the plan keeps them."""
         if not self.kept:
             self.__dict__.pop("preprocessed", None)
+            if self._reload is not None:
+                self._signal = None
 
     def held_mb(self) -> float:
-        """About what the preprocessing holds in memory (prompts, windows, the context's arrays)."""
+        """About what the signal holds in memory: its data, and its preprocessing (prompts,
+        windows, the context's arrays)."""
+        data = 0 if self._signal is None else self._signal.timestamps.nbytes + self._signal.values.nbytes
         if not self.is_preprocessed:
-            return 0.0
+            return data / 2**20
         plan = self.preprocessed
         texts = {id(text): len(text) + 49 for text in (*plan.prompts, *plan.windows)}  # often the same objects
         arrays = sum(v.nbytes for v in plan.context.values() if isinstance(v, np.ndarray))
-        return (sum(texts.values()) + 200 * len(plan.requests) + arrays) / 2**20  # a request: its key and object
+        return (data + sum(texts.values()) + 200 * len(plan.requests) + arrays) / 2**20  # a request: key, object
 
     @functools.cached_property
     def preprocessed(self) -> SignalPlan:
@@ -192,28 +229,40 @@ def make_pipeline(config: RunConfig, base_spec: dict | None = None) -> SigllmPip
     )
 
 
-def _load(sources: list, unit: str | None, rejected: dict[str, str] | None) -> list[Signal]:
-    if rejected is None:
-        return load_signals(sources, unit=unit)
-    signals = []
-    for source in sources:
-        name = source[0] if isinstance(source, tuple) else name_of(os.fspath(source))
-        with _or_rejected(rejected, str(name)):
-            signals.extend(load_signals([source], unit=unit))
-    return signals
+def _source_name(source) -> str:
+    if isinstance(source, Signal):
+        return source.name
+    return str(source[0]) if isinstance(source, tuple) else name_of(os.fspath(source))
 
 
-def _check_same_channels(signals: list[Signal]) -> None:
+def _reloader(source, unit: str | None) -> Callable[[], Signal] | None:
+    """How to read a signal given as a file again (None for data given in memory), quietly:
+    its warnings were given when it was first read."""
+    if isinstance(source, tuple) and len(source) == 2 and isinstance(source[1], (str, os.PathLike)):
+        path, name = os.fspath(source[1]), str(source[0])
+    elif isinstance(source, (str, os.PathLike)):
+        path, name = os.fspath(source), None
+    else:
+        return None
+
+    def reload() -> Signal:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", SigrayWarning)
+            return load_signal(path, name=name, unit=unit)
+
+    return reload
+
+
+def _check_same_channels(first: PlannedSignal, signal: Signal) -> None:
     """The signals of one run share their channel count (issue 18): a run is one layout of
     data, and a mix is more likely a wrong file than a plan. A benchmark (``rejected``) is
     exempt: its datasets are independent rows, and NASA's SMAP (25) and MSL (55) one folder."""
-    for signal in signals[1:]:
-        if signal.channels != signals[0].channels:
-            raise InputError(
-                f"signal {signal.name!r} has {signal.channels} channel(s) and {signals[0].name!r} has "
-                f"{signals[0].channels}: the signals of one run share their channels. Run each layout in a "
-                "store of its own, or compare them with sigray benchmark."
-            )
+    if signal.channels != first.channels:
+        raise InputError(
+            f"signal {signal.name!r} has {signal.channels} channel(s) and {first.name!r} has "
+            f"{first.channels}: the signals of one run share their channels. Run each layout in a "
+            "store of its own, or compare them with sigray benchmark."
+        )
 
 
 @contextlib.contextmanager
@@ -255,9 +304,15 @@ def make_plan(
     started = time.perf_counter()
     budget_mb = plan_memory_mb()
     pipeline = make_pipeline(config, base_spec)
-    signals = _load(sources, config.timestamp_unit, rejected)
-    if rejected is None:
-        _check_same_channels(signals)
+    if not sources:
+        raise InputError("no signals given.")
+    names = [_source_name(source) for source in sources]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise InputError(
+            f"two signals share the name(s) {duplicated}; name them apart: NAME=PATH on the command line "
+            "(e.g. smap_pump=smap/pump.csv), (name, path) pairs in Python."
+        )
     if normal is None and config.normal:
         normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:
@@ -267,37 +322,47 @@ def make_plan(
             f"pipeline {config.pipeline!r} is one-shot: it needs a normal reference signal "
             "(a CSV of timestamp,value without anomalies; --normal FILE, or normal= in the API)."
         )
-    for signal in signals:
-        with _or_rejected(rejected, signal.name):
+    # One signal at a time, read, checked and windowed, so that the driver holds at most the
+    # memory budget of them (a signal given as a file is read again where it is used).
+    plans: list[PlannedSignal] = []
+    answers = identity = generation = None
+    known: Mapping[str, str] = {}
+    held_mb = 0.0
+    for k, (name, source) in enumerate(zip(names, sources), 1):
+        with _or_rejected(rejected, name):
+            signal = load_signals([source], unit=config.timestamp_unit)[0]
+            if plans and rejected is None:
+                _check_same_channels(plans[0], signal)
             for note in list(pipeline.check_signal(signal)):
                 warnings.warn(note, SigrayWarning, stacklevel=2)
-    signals = [signal for signal in signals if signal.name not in (rejected or {})]
-    answers = pipeline.answer_format(channels=signals[0].channels if signals else 1)
-    for signal in signals[1:]:  # a benchmark's (a run's share their channels): the format asks by them
-        if getattr(answers, "channels", None) not in (None, signal.channels):
-            with _or_rejected(rejected, signal.name):
-                raise InputError(
+            if not plans:  # the first signal planned sets the answers' channels (one rejected does not)
+                answers = pipeline.answer_format(channels=signal.channels)
+                identity = generation_identity(config, pipeline, answers, normal)
+                generation = fingerprint(identity)
+                known = settled(generation) if settled else {}
+            elif getattr(answers, "channels", None) not in (None, signal.channels):
+                raise InputError(  # a benchmark's signals (a run's share their channels): the format asks by them
                     f"signal {signal.name!r} has {signal.channels} channel(s): this pipeline's answers are asked "
-                    f"by the {answers.channels} of {signals[0].name!r}; benchmark each layout apart."
+                    f"by the {answers.channels} of {plans[0].name!r}; benchmark each layout apart."
                 )
-    signals = [signal for signal in signals if signal.name not in (rejected or {})]
-    identity = generation_identity(config, pipeline, answers, normal)
-    generation = fingerprint(identity)
-    known = settled(generation) if settled else {}
-    plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
-    held_mb = 0.0
-    for k, plan in enumerate(plans, 1):
-        if known.get(plan.signal.name) != plan.signal.digest():
-            with _or_rejected(rejected, plan.signal.name):
+            plan = PlannedSignal(
+                signal, pipeline, normal, answers, generation, reload=_reloader(source, config.timestamp_unit)
+            )
+            del signal
+            if known.get(plan.name) != plan.digest:
                 plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
                 plan.asks = True
-                size = plan.held_mb()
-                plan.kept = held_mb + size <= budget_mb
-                held_mb += size if plan.kept else 0.0
-                plan.done_with()
+            size = plan.held_mb()
+            plan.kept = held_mb + size <= budget_mb
+            held_mb += size if plan.kept else 0.0
+            plan.done_with()
+            plans.append(plan)
         if on_planned is not None:
-            on_planned(k, len(plans))
-    plans = [plan for plan in plans if plan.signal.name not in (rejected or {})]
+            on_planned(k, len(sources))
+    if answers is None:  # every signal rejected (a benchmark's rows say why)
+        answers = pipeline.answer_format()
+        identity = generation_identity(config, pipeline, answers, normal)
+        generation = fingerprint(identity)
     detection = pipeline.detection_settings()
     return RunPlan(
         config=config,

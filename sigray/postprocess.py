@@ -161,6 +161,7 @@ class Detections:
             signal, normal = signal_plan.signal, self.plan.normal
             task = _detect_task().remote(self.plan.pipeline, signal, normal, self.store.path, rows, settled)
             self._tasks[task] = (signal_plan, entry, rows, settled)
+            signal_plan.done_with()  # the task has its own copy
         else:
             try:
                 arrays = detect(self.plan.pipeline, signal_plan.preprocessed, self.store, rows, settled)
@@ -253,7 +254,7 @@ def detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np
         detection = pipeline.postprocess(signal_plan, per_window)
     except Exception as exc:  # noqa: BLE001 - sigllm's and Orion's code: any error, named, not a traceback
         raise SigrayError(
-            f"post-processing signal {signal_plan.signal.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
+            f"post-processing signal {signal_plan.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
             f"{exc}); its answers are saved: change the detection settings and run `sigray detect`."
         ) from exc
     arrays = {

@@ -81,12 +81,12 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
                 notes.append(f"removed what an interrupted replacement left: {', '.join(removed)}")
         notes += store.repair(_KnownRequests(plan, store))
         before = store.n_windows
-        changed = [p for p in plan.plans if _registered_digest(store, p.signal.name) != p.signal.digest()]
-        for held, p in ((store.signal(p.signal.name), p) for p in changed):
+        changed = [p for p in plan.plans if _registered_digest(store, p.name) != p.digest]
+        for held, p in ((store.signal(p.name), p) for p in changed):
             if held is not None:
                 notes.append(_new_version(held, p.signal))
         _add_signals(store, plan, changed)
-        entries = [store.signal(p.signal.name) for p in plan.plans]
+        entries = [store.signal(p.name) for p in plan.plans]
         return PreparedStore(store, lease, entries, store.n_windows - before, notes)
     except BaseException:
         store_lease.release(storage, owner)
@@ -138,8 +138,8 @@ class _KnownRequests(Mapping):
     def __init__(self, plan: RunPlan, store: RunStore):
         self._owner: dict[int, tuple] = {}
         for signal_plan in plan.plans:
-            entry = store.signal(signal_plan.signal.name)
-            if entry is not None and entry.digest == signal_plan.signal.digest():
+            entry = store.signal(signal_plan.name)
+            if entry is not None and entry.digest == signal_plan.digest:
                 for position, row in enumerate(store.signal_rows(entry).tolist()):
                     self._owner[row] = (signal_plan, position)
 
@@ -207,7 +207,7 @@ def _migrate_format1(plan: RunPlan, storage) -> RunStore:
     legacy = legacy_identity(
         plan.config,
         plan.pipeline.spec,
-        {p.signal.name: p.signal.digest() for p in plan.plans},
+        {p.name: p.digest for p in plan.plans},
         plan.answers.format1_identity(max_digits),
         None if plan.normal is None else plan.normal.digest(),
     )

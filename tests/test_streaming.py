@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import time
 
 import numpy as np
@@ -104,13 +105,34 @@ def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_
     plan = make_plan(api.run_config(str(tmp_path / "bounded"), {"engine": "test-double", "batch_size": 64}), signals)
     assert plan.plans[0].kept and not plan.plans[1].kept  # nyc_taxi's 700-odd windows are past 1 MB
     assert [p.is_preprocessed for p in plan.plans] == [p.kept for p in plan.plans]
+    assert [p.holds_data for p in plan.plans] == [p.kept for p in plan.plans]  # files are read again where used
     bounded = api.run_plan(plan)
     assert bounded.complete and bounded.total_windows == kept_all.total_windows
     assert len(batches) > 1  # registered in batches, not all at once
-    assert not any(p.is_preprocessed for p in plan.plans if not p.kept)  # dropped again after each use
+    assert not any(p.is_preprocessed or p.holds_data for p in plan.plans if not p.kept)  # dropped after each use
     for name, result in kept_all.signals.items():
         pd.testing.assert_frame_equal(bounded.signals[name].anomalies, result.anomalies)
         assert np.array_equal(bounded.signals[name].forecast, result.forecast, equal_nan=True)
+
+
+def test_a_signal_given_in_memory_stays_and_a_file_changed_after_planning_is_named(tmp_path, monkeypatch):
+    from sigray.errors import InputError
+    from sigray.plan import make_plan
+
+    monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", "0")
+    path = tmp_path / "cpu.csv"
+    shutil.copy(nab_signal(FIRST), path)
+    frame = pd.read_csv(nab_signal("nyc_taxi"))
+    plan = make_plan(sigray.api.run_config("unused", {"engine": "test-double"}), [str(path), ("taxi", frame)])
+    from_file, in_memory = plan.plans
+    assert not from_file.holds_data and in_memory.holds_data  # data given in memory cannot be read again
+    assert from_file.n_windows > 0 and from_file.holds_data  # read again for its windows
+    from_file.done_with()
+    changed = pd.read_csv(path)
+    changed.loc[0, "value"] += 1.0
+    changed.to_csv(path, index=False)
+    with pytest.raises(InputError, match="signal 'cpu': its file changed while the run ran"):
+        from_file.signal  # noqa: B018
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "inf", "nan"])

@@ -47,7 +47,7 @@ def plan_memory_mb() -> float:
         value = -1.0
     if not 0 <= value < float("inf"):
         raise ConfigError(
-            f"SIGRAY_PLAN_MEMORY_MB={text!r}: expected megabytes, 0 or more (0 keeps no signal's preprocessing "
+            f"SIGRAY_PLAN_MEMORY_MB={text!r}: expected megabytes, 0 or more (0 keeps no signal's data or preprocessing "
             "in memory); unset it for the default, 1024."
         )
     return value

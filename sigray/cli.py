@@ -217,30 +217,10 @@ def _report(result, args, picture: str | None = None) -> int:
             print(line, file=sys.stderr if line.startswith("sigray: warning") else sys.stdout)
     for line in _missing_lines(result):
         print(f"sigray: {line}", file=sys.stderr)
-    unanswered = _unanswered(result)
-    if unanswered:
-        print(f"sigray: {_unanswered_line(result, unanswered)}", file=sys.stderr)
     if result.missing:
         return EXIT_INCOMPLETE
-    return EXIT_ERROR if result.signals and len(unanswered) == len(result.signals) else 0
-
-
-def _unanswered(result) -> list[str]:
-    """Signals with a result but no window answered: "no anomalies" there means nothing."""
-    return [n for n, s in result.signals.items() if s.n_windows and len(s.failed_windows) == s.n_windows]
-
-
-def _unanswered_line(result, names: list[str]) -> str:
-    reasons: dict[str, int] = {}
-    for name in names:
-        for reason, count in result.signals[name].failure_reasons.items():
-            reasons[reason] = reasons.get(reason, 0) + count
-    common = "; ".join(f"{count}x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
-    return (
-        f"no valid answer for any window of {len(names)} signal(s) ({', '.join(names[:20])}): nothing was "
-        f"detected there ({common}). Each window was asked up to --max-attempts times: check the model and the "
-        "answers it gives (`sigray status` says why windows failed)."
-    )
+    # every signal's windows failed (the run warned, naming them): nothing was detected at all
+    return EXIT_ERROR if result.signals and len(result.unanswered) == len(result.signals) else 0
 
 
 def _missing_lines(result) -> list[str]:
@@ -338,7 +318,7 @@ def _print_result(result) -> None:
                 line += f" ({result.reused_results} of {len(result.signals)} signals' results reused)"
         print(line)
     table = _anomaly_table(result.anomalies)
-    answered = len(result.signals) - len(_unanswered(result))
+    answered = len(result.signals) - len(result.unanswered)
     if len(table):
         print(table.to_string(index=False))
     elif answered and not result.missing and answered == len(result.signals):

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,7 +27,7 @@ import pandas as pd
 from sigray import lease as store_lease
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
-from sigray.errors import SigrayError
+from sigray.errors import SigrayError, SigrayWarning
 from sigray.messages import Progress
 from sigray.plan import RunPlan
 from sigray.pool import CLOSE_S, WorkerPool, close_workers
@@ -97,6 +98,11 @@ class RunResult:
     def complete(self) -> bool:
         return not self.stopped and not self.missing
 
+    @property
+    def unanswered(self) -> list[str]:
+        """Signals with a result but not one window answered validly: their "no anomalies" means nothing."""
+        return [n for n, s in self.signals.items() if s.n_windows and len(s.failed_windows) == s.n_windows]
+
     def __repr__(self) -> str:  # a summary; each signal's in ``signals``, the figures as attributes
         state = "complete" if self.complete else "stopped" if self.stopped else f"{len(self.missing)} signal(s) missing"
         return (
@@ -152,6 +158,8 @@ def execute(
                 if not result.stopped:
                     detections.finish(stop)
                 timings["post_processing_s"] = time.monotonic() - phase
+                if result.unanswered:
+                    warnings.warn(_unanswered_message(result), SigrayWarning, stacklevel=2)
                 result.timings = {name: round(seconds, 3) for name, seconds in timings.items()}
         finally:
             store_lease.release(store.storage, owner)
@@ -479,6 +487,20 @@ class _Supervisor:
             ray.kill(worker, no_restart=True)
         ray.kill(self.coordinator, no_restart=True)
         return kept
+
+
+def _unanswered_message(result: RunResult) -> str:
+    names = result.unanswered
+    reasons: dict[str, int] = {}
+    for name in names:
+        for reason, count in result.signals[name].failure_reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    common = "; ".join(f"{count}x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])[:3])
+    return (
+        f"no valid answer for any window of {len(names)} signal(s) ({', '.join(names[:20])}): nothing was "
+        f"detected there ({common}). Each window was asked up to max_attempts times: check the model and the "
+        "answers it gives (`sigray status` says why windows failed)."
+    )
 
 
 def _raise_if_fatal(fatal: str | None) -> None:

@@ -245,6 +245,8 @@ def test_a_run_where_no_window_got_a_valid_answer_never_says_no_anomalies_found(
     assert f"no valid answer for any window of 1 signal(s) ({CPU}): nothing was detected there" in printed.err
     assert cli(["detect", store]) == 1  # read again from the store: the same
     assert "no valid answer for any window" in capsys.readouterr().err
+    with pytest.warns(sigray.SigrayWarning, match=r"no valid answer for any window of 1 signal\(s\)"):
+        assert sigray.detect(store).unanswered == [CPU]  # Python users are told too
 
 
 def test_plot_of_an_unfinished_run_says_so_and_works_once_it_finished(stopped, tmp_path, capsys):

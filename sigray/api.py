@@ -59,6 +59,8 @@ def run(
     base_spec = settings.get("pipeline") if isinstance(settings.get("pipeline"), dict) else None
     if base_spec is not None:
         settings = {**settings, "pipeline": "custom"}  # as sigray.SigLLM names a pipeline dict
+    elif isinstance(settings.get("pipeline"), os.PathLike):
+        settings = {**settings, "pipeline": os.fspath(settings["pipeline"])}
     config = run_config(store, settings)
     with ProgressDisplay(quiet=not progress) as planning:
         plan = make_plan(

@@ -91,7 +91,10 @@ class RunConfig:
             "cpus_per_worker": (self.cpus_per_worker >= 0, "0 or more"),
             "chunk_windows": (self.chunk_windows >= 1, "at least 1"),
             "timestamp_unit": (self.timestamp_unit in (None, "s", "ms", "us", "ns"), "s, ms, us or ns"),
-            "pipeline": (isinstance(self.pipeline, str) and self.pipeline, "a sigllm pipeline name or JSON path"),
+            "pipeline": (
+                isinstance(self.pipeline, str) and self.pipeline,
+                "a sigllm pipeline name or JSON path; sigray.run also takes a pipeline dict",
+            ),
             "pipeline_params": (isinstance(self.pipeline_params, dict), "a mapping {'block#1': {'param': value}}"),
         }
         bad = [f"{name}={getattr(self, name)!r} (must be {rule})" for name, (ok, rule) in checks.items() if not ok]

@@ -13,6 +13,7 @@ from tests.conftest import prepare_without_engine
 ROLLING = "mlstars.custom.timeseries_preprocessing.rolling_window_sequences#1"
 AGGREGATE = "mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1"
 FORMAT_AS_INTEGER = "sigllm.primitives.transformation.format_as_integer#1"
+HF = "sigllm.primitives.forecasting.huggingface.HF#1"
 GOOD = "timestamp,value\n" + "".join(f"{1400000000 + 300 * i},{i % 7}\n" for i in range(20000))
 
 
@@ -127,6 +128,8 @@ def test_bad_settings_are_named_before_anything_is_written(tmp_path, capsys):
         ([f"--param={ROLLING}.window_size=-5"], f"--param {ROLLING}.window_size=-5: expected an integer >= 1"),
         ([f"--param={AGGREGATE}.interval=0"], f"--param {AGGREGATE}.interval=0: expected an integer >= 1"),
         ([f"--param={FORMAT_AS_INTEGER}.trunc=0"], f"--param {FORMAT_AS_INTEGER}.trunc=0: expected an integer >= 1"),
+        ([f"--param={FORMAT_AS_INTEGER}.trunc=1000000"], "trunc=1000000: more values per answer than a window has"),
+        ([f"--param={HF}.steps=0"], f"--param {HF}.steps=0: expected an integer >= 1"),
     ]
     for extra, message in cases:
         assert _run_cli(tmp_path, str(signal), "--store", store, *extra) == 2, extra
@@ -151,10 +154,29 @@ def test_bad_settings_in_a_pipeline_json_are_named_as_its_own_before_anything_is
             f"init_params {ROLLING}.widow_size: the primitive has no parameter 'widow_size'. Did you mean",
         ),
     ]
-    for init_params, message in cases:
-        spec = load_pipeline_spec("mistral_detector")
-        for block, values in init_params.items():
-            spec["init_params"].setdefault(block, {}).update(values)
+    stock = load_pipeline_spec("mistral_detector")
+    misspelled = [p.replace("time_segments_aggregate", "time_segments_agregate") for p in stock["primitives"]]
+    shapes = [  # the pipeline itself malformed: MLBlocks' KeyError or AttributeError, or a typo ignored
+        ({**stock, "init_params": [1, 2]}, "init_params must map blocks to mappings"),
+        ({**stock, "init_params": {ROLLING: [100]}}, "init_params must map blocks to mappings"),
+        (
+            {**stock, "init_params": {ROLLING[:-1] + "2": {"window_size": 9}}},
+            f"init_params names block '{ROLLING[:-1]}2'",
+        ),
+        (
+            {**stock, "init_params": {"orion.primitives.timeseries_anomalies.find_anomalie#1": {"fixed_threshold": 0}}},
+            "init_params names block 'orion.primitives.timeseries_anomalies.find_anomalie#1'",
+        ),
+        ({**stock, "primitives": misspelled}, "unknown primitive 'mlstars.custom.timeseries_preprocessing.time_se"),
+        ({}, "expected sigllm's pipeline JSON, a mapping with a list of 'primitives'"),
+    ]
+    for init_params, message in cases + shapes:
+        if "primitives" in init_params or not init_params:
+            spec = init_params
+        else:
+            spec = load_pipeline_spec("mistral_detector")
+            for block, values in init_params.items():
+                spec["init_params"].setdefault(block, {}).update(values)
         path = tmp_path / "mine.json"
         path.write_text(json.dumps(spec))
         assert _run_cli(tmp_path, str(signal), "--store", store, "--pipeline", str(path)) == 2, init_params

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -54,6 +55,16 @@ def test_a_pipeline_dict_runs_and_resumes_as_sigllms_own_pipeline_dicts_do(ray_s
     for pipeline in (None, ["mistral_detector"]):
         with pytest.raises(sigray.ConfigError, match="pipeline=.*must be a sigllm pipeline name or JSON path"):
             sigray.run([cpu_signal], str(tmp_path / "other"), pipeline=pipeline, **FAST)
+    with pytest.raises(sigray.ConfigError, match="a mapping with a list of 'primitives'"):
+        sigray.run([cpu_signal], str(tmp_path / "other"), pipeline={}, **FAST)
+    # The same pipeline as a file (a pathlib.Path): named otherwise, so the store says how to resume.
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(
+        sigray.ConfigMismatchError, match=r"was made with the pipeline .custom.; this run names the same"
+    ):
+        sigray.run([cpu_signal], store, pipeline=path, **FAST)
+    assert not os.path.exists(tmp_path / "other")
 
 
 def test_malformed_answers_are_retried_then_failed_and_the_run_still_finishes(ray_session, cpu_signal, tmp_path):

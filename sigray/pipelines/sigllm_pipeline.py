@@ -164,6 +164,45 @@ def apply_overrides(spec: dict, params: dict) -> dict:
     return spec
 
 
+def check_spec(spec, pipeline: str) -> None:
+    """Refuse a pipeline (JSON or dict) MLBlocks would fail on with a KeyError or AttributeError:
+    ``primitives`` a non-empty list of known primitives, ``init_params`` (and the wiring)
+    mappings of blocks to mappings."""
+    from mlblocks.discovery import load_primitive
+
+    where = f"pipeline {pipeline!r}"
+    primitives = spec.get("primitives") if isinstance(spec, dict) else None
+    if not isinstance(primitives, list) or not primitives:
+        raise ConfigError(f"{where}: expected sigllm's pipeline JSON, a mapping with a list of 'primitives'.")
+    for primitive in primitives:
+        if not isinstance(primitive, str):
+            raise ConfigError(f"{where}: primitive {primitive!r} is not a primitive's name.")
+        try:
+            load_primitive(primitive)
+        except ValueError:
+            raise ConfigError(f"{where}: unknown primitive {primitive!r}; is its name misspelled?") from None
+    for part in ("init_params", "input_names", "output_names"):
+        blocks = spec.get(part, {})
+        if not isinstance(blocks, dict) or not all(isinstance(v, dict) for v in blocks.values()):
+            raise ConfigError(f"{where}: {part} must map blocks to mappings, {{'block#1': {{'name': value}}}}.")
+
+
+def check_blocks_named(spec: dict, pipeline: str) -> None:
+    """A setting or wiring for a block the pipeline does not have (a typo, a removed block)
+    would be ignored by MLBlocks: the user's setting silently lost."""
+    names = block_names(spec["primitives"])
+    for part in ("init_params", "input_names", "output_names"):
+        unknown = [block for block in spec.get(part, {}) if block not in names]
+        if unknown:
+            where = f"pipeline {pipeline!r}"
+            close = difflib.get_close_matches(unknown[0], names, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where}: {part} names block {unknown[0]!r}, which the pipeline does not have.{hint} "
+                f"Its blocks are: {', '.join(names)}."
+            )
+
+
 _TYPES = {
     "int": ((int,), "an integer"),
     "float": ((int, float), "a number"),
@@ -192,6 +231,11 @@ _AT_LEAST = {
     (_ROLLING, "target_size"): 1,
     (_ROLLING, "step_size"): 1,
     **{(reader, "trunc"): 1 for reader in _READERS},
+    # at 0 tokens no answer can hold a value: every window would fail after the engines started
+    **{
+        (step, "steps"): 1
+        for step in ("sigllm.primitives.forecasting.huggingface.HF", "sigllm.primitives.forecasting.gpt.GPT")
+    },
 }
 
 
@@ -308,6 +352,7 @@ class SigllmPipeline:
         use_sigllm_registry()
         self.name = pipeline
         self.base_spec = copy.deepcopy(base_spec) if base_spec is not None else load_pipeline_spec(pipeline)
+        check_spec(self.base_spec, pipeline)
         self.params = copy.deepcopy(params or {})
         self.fix_units = fix_units
         self.spec = apply_overrides(self.base_spec, self.params)
@@ -335,15 +380,28 @@ class SigllmPipeline:
         self._writer_block = next((n for n in before if _format_method(n) and "format_as_string" in n), None)
         self._parse_block = next((n for n in after if n.startswith(_PARSE_RESPONSE + "#")), None)
         self._check_multivariate_formats(pipeline, after)
-        for block, values in self.base_spec.get("init_params", {}).items():
-            if block in names:  # what the pipeline JSON sets, as --param is checked
-                given = {k: v for k, v in values.items() if k not in self.params.get(block, {})}
-                check_hyperparameters(block, given, source=f"pipeline {pipeline!r}: init_params")
+        check_blocks_named(self.base_spec, pipeline)
+        for block, values in self.base_spec.get("init_params", {}).items():  # checked as --param is
+            given = {k: v for k, v in values.items() if k not in self.params.get(block, {})}
+            check_hyperparameters(block, given, source=f"pipeline {pipeline!r}: init_params")
+        self._check_trunc_fits(after)
         if self._parse_block and self._block_params(self._parse_block).get("interval") and self._format_block:
             raise ConfigError(
                 f"pipeline {pipeline!r} parses interval answers and then runs format_as_integer on them, "
                 "which sigllm cannot do (it raises TypeError on a list); drop one of the two."
             )
+
+    def _check_trunc_fits(self, after: list[str]) -> None:
+        """A reader keeps ``trunc`` values of each answer: more than a window has steps is a
+        forecast no model is asked for, and each window's answers are stored ``trunc`` wide."""
+        window = self.window_setting()
+        for block in after:
+            trunc = self._block_params(block).get("trunc") if block.split("#")[0] in _READERS else None
+            if window and isinstance(trunc, int) and trunc > window[1]:
+                raise ConfigError(
+                    f"{block}.trunc={trunc}: more values per answer than a window has steps "
+                    f"({window[0]}.window_size={window[1]}); sigllm's pipelines keep 1."
+                )
 
     def _check_multivariate_formats(self, pipeline: str, after: list[str]) -> None:
         """sigllm's multivariate formats as sigray can check their answers: the JSON format,
@@ -378,7 +436,7 @@ class SigllmPipeline:
             separator = self._block_params(block).get("separator", ",")
             if separator != ",":
                 raise ConfigError(
-                    f"--param {block}.separator={json.dumps(separator)}: sigray checks sigllm's multivariate "
+                    f"{block}.separator={json.dumps(separator)}: sigray checks sigllm's multivariate "
                     "formats with their default separator ','; drop the setting."
                 )
         columns = {

@@ -658,6 +658,12 @@ def mismatch_error(path: str, stored: dict, wanted: dict) -> ConfigMismatchError
     """A one-line summary of what differs, then every difference."""
     diffs = identity_differences(stored, wanted)
     fields = sorted({d.split(":")[0].split(".")[0] for d in diffs}) or ["fingerprint"]
+    if fields == ["pipeline"]:  # the pipeline's blocks and settings are the same: only where it was read from
+        return ConfigMismatchError(
+            f"store {path} was made with the pipeline {stored.get('pipeline')!r}; this run names the same pipeline "
+            f"(the same blocks and settings) as {wanted.get('pipeline')!r}. Name it as the store does to resume: "
+            "--pipeline with that path (a pipeline dict in Python is 'custom'). Its answers are then all reused."
+        )
     listed = "\n  ".join(diffs[:40]) or "(fingerprint only)"
     more = f"\n  ... and {len(diffs) - 40} more" if len(diffs) > 40 else ""
     return ConfigMismatchError(

@@ -25,7 +25,7 @@ from sigray.errors import ConfigError, InputError, SigrayWarning
 from sigray.keys import window_key, window_seed
 from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
-from sigray.signals import Signal, load_signal, load_signals, name_of
+from sigray.signals import Signal, check_unique_names, load_signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
 
 PLAN_MEMORY_MB = 1024.0  # default of $SIGRAY_PLAN_MEMORY_MB
@@ -307,12 +307,7 @@ def make_plan(
     if not sources:
         raise InputError("no signals given.")
     names = [_source_name(source) for source in sources]
-    duplicated = sorted({n for n in names if names.count(n) > 1})
-    if duplicated:
-        raise InputError(
-            f"two signals share the name(s) {duplicated}; name them apart: NAME=PATH on the command line "
-            "(e.g. smap_pump=smap/pump.csv), (name, path) pairs in Python."
-        )
+    check_unique_names(names)
     if normal is None and config.normal:
         normal = load_signals([config.normal], unit=config.timestamp_unit)[0]
     if normal is not None and not pipeline.needs_normal:

@@ -274,11 +274,15 @@ def load_signals(sources: list, unit: str | None = None) -> list[Signal]:
             )
     if not signals:
         raise InputError("no signals given.")
-    names = [s.name for s in signals]
+    check_unique_names([s.name for s in signals])
+    return signals
+
+
+def check_unique_names(names: list[str]) -> None:
+    """InputError naming the signal names given more than once (a store keys signals by name)."""
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise InputError(
             f"two signals share the name(s) {duplicated}; name them apart: NAME=PATH on the command line "
             "(e.g. smap_pump=smap/pump.csv), (name, path) pairs in Python."
         )
-    return signals

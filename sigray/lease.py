@@ -3,7 +3,9 @@
 A lease is a small JSON file, ``<store>/lease.json``, naming its owner (a run id), the
 host and process of the driver that took it, when it was last renewed, and when it
 expires. The coordinator renews it at every flush, and checks it is still the owner
-before writing (fencing): a coordinator that lost its lease stops writing.
+before writing (fencing): a coordinator that lost its lease stops writing. The driver's
+lease is renewed from a process of its own while the driver works on the store
+(``sigray.lease_keeper``).
 
 A lease is not a lock that outlives its owner. It may be taken over when it expired,
 or sooner when its driver ran on this host, that process is gone (a SIGKILLed driver,
@@ -21,7 +23,6 @@ import json
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -130,45 +131,6 @@ def _held_by(storage: Storage, owner: str) -> Lease:
         holder = "nobody" if held is None else f"pid {held.pid} on {held.host}"
         raise StoreLockedError(f"store {storage.url}: lost the write lease (now held by {holder}); stopping.")
     return held
-
-
-class KeptLease:
-    """Renews a held lease in a background thread while the driver works on the store itself
-    (preparing it, post-processing: work that can outlast the lease's time to live).
-
-    ``check()`` raises StoreLockedError once the lease was lost: call it before each write
-    (fencing), so a driver that lost its store never writes into a replaced one.
-    """
-
-    def __init__(self, store: str | Storage, lease: Lease, ttl_s: float):
-        self.storage = open_storage(store)
-        self.lease = lease
-        self.ttl_s = ttl_s
-        self.lost: str | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew_forever, name="sigray-lease", daemon=True)
-
-    def __enter__(self) -> KeptLease:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def check(self) -> None:
-        if self.lost:
-            raise StoreLockedError(self.lost)
-
-    def _renew_forever(self) -> None:
-        while not self._stop.wait(self.lease.renew_every_s):
-            try:
-                self.lease = renew(self.storage, self.lease, self.ttl_s)
-            except StoreLockedError as exc:
-                self.lost = str(exc)
-                return
-            except Exception as exc:  # noqa: BLE001 - a storage hiccup: try again at the next period
-                log.warning("store %s: lease not renewed (%s: %s)", self.storage.url, type(exc).__name__, exc)
 
 
 def release(store: str | Storage, owner: str) -> None:

@@ -29,8 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from sigray import lease as store_lease
 from sigray.errors import SigrayError
+from sigray.lease_keeper import KeptLease
 from sigray.pipelines.sigllm_pipeline import settings_changes
 from sigray.plan import PlannedSignal, RunPlan
 from sigray.stopping import StopRequested
@@ -76,7 +76,7 @@ class Detections:
         store: RunStore,
         entries: list[SignalEntry],
         result: RunResult,
-        kept: store_lease.KeptLease,
+        kept: KeptLease,
         check_every_s: float,
     ):
         self.plan, self.store, self.entries, self.result, self.kept = plan, store, entries, result, kept

@@ -19,6 +19,7 @@ import numpy as np
 from sigray import lease as store_lease
 from sigray.config import fingerprint
 from sigray.errors import SigrayError, StoreError
+from sigray.lease_keeper import KeptLease
 from sigray.plan import RunPlan
 from sigray.storage import open_storage
 from sigray.store import DONE, FAILED, RunStore, SignalEntry, WindowResults, read_pointer
@@ -34,7 +35,8 @@ class PreparedStore:
     """A store ready for a run, whose lease ``owner`` holds."""
 
     store: RunStore
-    lease: store_lease.Lease  # held by the run's owner; renew it (``KeptLease``) while working
+    lease: store_lease.Lease  # held by the run's owner
+    kept: KeptLease  # renews ``lease`` until closed; check it before writing
     entries: list[SignalEntry]  # the run's signals, in the run's order
     added_windows: int = 0  # rows the run's new signals added to the window table
     notes: list[str] = field(default_factory=list)  # what was done to the store (replaced, migrated, repaired)
@@ -48,11 +50,12 @@ class PreparedStore:
 
 
 def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore:
-    """Open (or create, replace, migrate) the store for ``plan`` and take its lease.
+    """Open (or create, replace, migrate) the store for ``plan`` and take its lease, kept
+    renewed from here on (registering a million windows outlasts the lease's time to live).
 
     Raises StoreLockedError while another run holds the lease, ConfigMismatchError when
     the store's generation differs, StoreError for a place that is not a sigray store.
-    The caller releases the lease (``sigray.lease.release``).
+    The caller closes ``kept`` and releases the lease (``sigray.lease.release``).
     """
     config = plan.config
     storage = open_storage(config.store)
@@ -64,6 +67,7 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
             "not make. Choose an empty or new --store."
         )
     lease = store_lease.acquire(storage, owner, config.store_lease_s, config.flush_interval_s)
+    kept = KeptLease(storage, lease, config.store_lease_s)
     try:
         notes = []
         if pointer is None or new:
@@ -85,15 +89,16 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
         for held, p in ((store.signal(p.name), p) for p in changed):
             if held is not None:
                 notes.append(_new_version(held, p.signal))
-        _add_signals(store, plan, changed)
+        _add_signals(store, plan, changed, kept)
         entries = [store.signal(p.name) for p in plan.plans]
-        return PreparedStore(store, lease, entries, store.n_windows - before, notes)
+        return PreparedStore(store, lease, kept, entries, store.n_windows - before, notes)
     except BaseException:
+        kept.close()
         store_lease.release(storage, owner)
         raise
 
 
-def _add_signals(store: RunStore, plan: RunPlan, changed: list) -> None:
+def _add_signals(store: RunStore, plan: RunPlan, changed: list, kept: KeptLease) -> None:
     """Register ``changed`` signals, in batches of about ``plan.memory_mb`` of requests: a
     signal the plan does not keep is preprocessed again here and dropped once written."""
     batch, batch_mb = [], 0.0
@@ -102,8 +107,10 @@ def _add_signals(store: RunStore, plan: RunPlan, changed: list) -> None:
         batch_mb += 0.0 if signal_plan.kept else signal_plan.held_mb()
         signal_plan.done_with()  # the batch holds its requests until they are written
         if batch_mb > plan.memory_mb:
+            kept.check()
             store.add_signals(batch)
             batch, batch_mb = [], 0.0
+    kept.check()
     store.add_signals(batch)
 
 

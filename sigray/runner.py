@@ -138,7 +138,7 @@ def execute(
         store = prepared.store
         timings = {"planning_s": plan.planning_s, "preparing_s": time.monotonic() - started}
         try:
-            with store_lease.KeptLease(store.storage, prepared.lease, config.store_lease_s) as kept:
+            with prepared.kept as kept:
                 for note in prepared.notes:
                     log.warning("store %s: %s", store.path, note)
                 rows = prepared.rows

@@ -212,8 +212,8 @@ def test_post_processing_killed_or_stopped_keeps_earlier_sets_and_finished_signa
     Earlier result sets stay intact, no saved result is computed again, and the lease is kept the whole
     time (another writer is refused although post-processing outlasts the lease's time to live).
 
-    The time to live is 6 s: the driver's lease thread has been seen to wait 2-4 s for the
-    interpreter while sigllm and Orion run (imports, MLBlocks), so a 2 s lease could lapse there."""
+    The time to live is 6 s, several renewal periods: the lease is renewed by a process of its own
+    (``sigray.lease_keeper``), so whatever sigllm and Orion do with the driver's interpreter, it holds."""
     import signal as signals
     import subprocess
     import sys

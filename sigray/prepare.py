@@ -139,16 +139,24 @@ def _registered_digest(store: RunStore, name: str) -> str | None:
 
 class _KnownRequests(Mapping):
     """Row -> request for the run's signals the store holds with the same data: what
-    ``repair`` may rewrite a damaged requests chunk from. A signal is preprocessed only
-    when one of its rows is asked for (after damage), not on every run."""
+    ``repair`` may rewrite a damaged requests chunk from. Built when ``repair`` first asks (after
+    damage), not on every run: its index is a Python object per window. A signal is
+    preprocessed only when one of its rows is asked for."""
 
     def __init__(self, plan: RunPlan, store: RunStore):
-        self._owner: dict[int, tuple] = {}
-        for signal_plan in plan.plans:
-            entry = store.signal(signal_plan.name)
-            if entry is not None and entry.digest == signal_plan.digest:
-                for position, row in enumerate(store.signal_rows(entry).tolist()):
-                    self._owner[row] = (signal_plan, position)
+        self._plan, self._store = plan, store
+        self._index: dict[int, tuple] | None = None
+
+    @property
+    def _owner(self) -> dict[int, tuple]:
+        if self._index is None:
+            self._index = {}
+            for signal_plan in self._plan.plans:
+                entry = self._store.signal(signal_plan.name)
+                if entry is not None and entry.digest == signal_plan.digest:
+                    for position, row in enumerate(self._store.signal_rows(entry).tolist()):
+                        self._index[row] = (signal_plan, position)
+        return self._index
 
     def __getitem__(self, row: int):
         signal_plan, position = self._owner[row]

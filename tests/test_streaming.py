@@ -143,3 +143,21 @@ def test_a_plan_memory_that_is_no_size_is_refused_naming_the_variable(monkeypatc
     monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", value)
     with pytest.raises(ConfigError, match=f"SIGRAY_PLAN_MEMORY_MB='{value}': expected megabytes, 0 or more"):
         make_plan(sigray.api.run_config("unused", {"engine": "test-double"}), [nab_signal(FIRST)])
+
+
+def test_the_window_table_index_finds_each_key_its_row_and_nothing_else():
+    """Registering signals looks their windows up in the store's table by key (sorted arrays, not a
+    dict of a million Python objects); keys sharing their first 8 bytes are told apart."""
+    from sigray.store.layout import KeyIndex
+
+    rng = np.random.default_rng(0)
+    table = rng.integers(0, 2**63, size=(1000, 2), dtype=np.int64).astype("<u8")
+    table[10:20, 0] = table[9, 0]  # the same high half: ordered by the low one
+    absent = table[:50].copy()
+    absent[:, 1] += np.uint64(1)
+    index = KeyIndex(table[:600])
+    asked = np.concatenate([table[500:700], absent, table[[3, 3, 15]]])
+    rows = index.rows(asked)
+    assert rows[:100].tolist() == list(range(500, 600)) and (rows[100:200] == -1).all()
+    assert (rows[200:250] == -1).all() and rows[250:].tolist() == [3, 3, 15]
+    assert (KeyIndex(table[:0]).rows(asked) == -1).all()

@@ -76,3 +76,26 @@ def keys_to_array(keys: list[bytes]) -> np.ndarray:
 def array_to_keys(array: np.ndarray) -> list[bytes]:
     data = np.ascontiguousarray(array, dtype="<u8").tobytes()
     return [data[i : i + 16] for i in range(0, len(data), 16)]
+
+
+_KEY = np.dtype([("high", "<u8"), ("low", "<u8")])  # a 16-byte key as one sortable value
+
+
+class KeyIndex:
+    """The row of each key of the window table, as sorted arrays: 24 bytes a window where a dict
+    of 16-byte keys costs about 180 (a million windows: 24 MB, not 180), so registering signals in
+    a store of millions of windows does not hold a Python object per window (issue 16.2)."""
+
+    def __init__(self, keys: np.ndarray):
+        """``keys``: the table's ``uint64 [n, 2]`` keys, row ``i`` at ``keys[i]``."""
+        as_values = np.ascontiguousarray(keys, dtype="<u8").view(_KEY).ravel()
+        self._order = np.argsort(as_values, kind="stable")
+        self._sorted = as_values[self._order]
+
+    def rows(self, keys: np.ndarray) -> np.ndarray:
+        """The row of each of ``keys`` (``uint64 [k, 2]``), -1 where the table lacks it."""
+        wanted = np.ascontiguousarray(keys, dtype="<u8").view(_KEY).ravel()
+        if not len(self._sorted):
+            return np.full(len(wanted), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._sorted, wanted), len(self._sorted) - 1)
+        return np.where(self._sorted[at] == wanted, self._order[at], -1).astype(np.int64)

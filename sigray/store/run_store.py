@@ -54,6 +54,7 @@ from sigray.store.layout import (
     DONE,
     FAILED,
     PENDING,
+    KeyIndex,
     NewSignal,
     SignalEntry,
     WindowRequest,
@@ -345,15 +346,17 @@ class RunStore:
         if not new:
             return {}
         n = self.n_windows
-        row_of = {key: row for row, key in enumerate(array_to_keys(self._read("windows/key", slice(0, n))))}
+        held = KeyIndex(self._read("windows/key", slice(0, n)))
         fresh: list[WindowRequest] = []
+        row_of_fresh: dict[bytes, int] = {}  # this call's new rows: no more than the requests it holds
         entries, next_group = {}, int(self.meta["next_group"])
         for signal in new:
-            rows = np.empty(len(signal.requests), dtype=np.int64)
-            for i, request in enumerate(signal.requests):
-                row = row_of.get(request.key)
+            rows = held.rows(keys_to_array([r.key for r in signal.requests]))
+            for i in np.flatnonzero(rows < 0).tolist():
+                request = signal.requests[i]
+                row = row_of_fresh.get(request.key)
                 if row is None:
-                    row = row_of[request.key] = n + len(fresh)
+                    row = row_of_fresh[request.key] = n + len(fresh)
                     fresh.append(request)
                 rows[i] = row
             values = signal.values.reshape(len(signal.values), -1)

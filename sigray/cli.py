@@ -288,6 +288,8 @@ def _run_settings(args) -> dict:
 
 def _ray_options(args) -> dict:
     options = {"log_to_driver": args.verbose}
+    if getattr(args, "quiet", False):  # Ray's "Started a local Ray instance." is information
+        options["logging_level"] = logging.WARNING
     if args.num_cpus is not None:
         options["num_cpus"] = args.num_cpus
     if args.num_gpus is not None:
@@ -422,6 +424,8 @@ def cmd_status(args) -> int:
     print("  result set: " + ("none yet" if chosen is None else f"{chosen['id']} ({chosen['name']})"))
     for s in status["signals"]:
         result = "results saved" if s["has_result"] else "no results yet"
+        if s["has_result"] and s["windows"] and s["failed"] == s["windows"]:
+            result += ", but no window got a valid answer: they mean nothing"
         print(f"  {s['name']}: {s['done']}/{s['windows']} done, {s['failed']} failed; {result}")
     asked = ", ".join(f"{count} window(s) {answers}" for answers, count in status["attempts_histogram"].items())
     print(f"  answers asked per window: {asked}")
@@ -470,7 +474,9 @@ def cmd_results(args) -> int:
     _write_output(args.output, data)
     for line in results.warnings():
         print(f"sigray: {line}", file=sys.stderr)
-    return 0 if results.complete else EXIT_INCOMPLETE
+    if not results.complete:
+        return EXIT_INCOMPLETE
+    return EXIT_ERROR if results.anomalies and len(results.unanswered) == len(results.anomalies) else 0
 
 
 def _print_sets(reader) -> int:

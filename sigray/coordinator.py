@@ -179,7 +179,8 @@ class Coordinator:
                     log.info("window %d failed at once: %s", w, report.reasons[i])
                 elif self.attempts[w] >= self.settings.max_attempts:
                     self._settle(w, FAILED)
-                    self._reasons[w] = f"no valid answer in {self.attempts[w]} attempts; last: {report.reasons[i]}"
+                    tries = f"{self.attempts[w]} attempt{'s' if self.attempts[w] != 1 else ''}"
+                    self._reasons[w] = f"no valid answer in {tries}; last: {report.reasons[i]}"
                     log.info("window %d failed after %d invalid answers: %s", w, self.attempts[w], report.reasons[i])
                 else:
                     self.retries += 1

@@ -59,6 +59,7 @@ class Results:
     failed_windows: dict[str, int]  # per signal with a result: windows left out of it
     answered: list[str] = field(default_factory=list)  # of ``missing``, those whose windows are all settled
     running: str | None = None  # who holds the store's lease now ("pid P on HOST"): a live run finishing them
+    unanswered: list[str] = field(default_factory=list)  # with a result, but no window answered validly
 
     @property
     def complete(self) -> bool:
@@ -97,7 +98,12 @@ class Results:
                 f"{_listed(self.missing)}. To finish them: {'; '.join(advice)}."
             )
         for name, count in self.failed_windows.items():
-            if count:
+            if name in self.unanswered:
+                lines.append(
+                    f"{name}: none of its {count} window(s) got a valid answer, so its result (nothing found) "
+                    "means nothing; `sigray status` says why they failed."
+                )
+            elif count:
                 lines.append(f"{name}: {count} window(s) failed and were left out of its results.")
         return lines
 
@@ -249,7 +255,7 @@ class StoreReader:
     def results(self, wanted_set: str | None = None) -> Results:
         """The anomalies of a result set (the most recently used by default)."""
         chosen = self.result_set(wanted_set)
-        anomalies, missing, failed, answered = {}, [], {}, []
+        anomalies, missing, failed, answered, unanswered = {}, [], {}, [], []
         status = None
         for name in self.signal_names:
             saved = None if chosen is None else self._source.read_result(chosen.id, name)
@@ -261,9 +267,11 @@ class StoreReader:
                 continue
             anomalies[name] = _events(saved)
             failed[name] = int(len(saved.get("failed_windows", [])))
+            if failed[name] and failed[name] == len(self._source.rows(name)):
+                unanswered.append(name)
         held = store_lease.read_lease(self.path) if missing else None
         running = f"pid {held.pid} on {held.host}" if held is not None and held.alive(time.time()) else None
-        return Results(self.path, chosen, anomalies, missing, failed, answered, running)
+        return Results(self.path, chosen, anomalies, missing, failed, answered, running, unanswered)
 
     def signal(self, name: str) -> pd.DataFrame:
         """The signal as it was given: ``timestamp`` and ``value`` (multichannel: Orion's ``0``, ..., ``K-1``)."""

@@ -232,7 +232,7 @@ def test_a_finished_run_with_failed_windows_says_what_was_left_out(ray_session, 
     assert cli(["status", store, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert sum(status["failure_reasons"].values()) == failed == status["signals"][0]["failed"]
-    assert all("no valid answer in 1 attempts" in reason for reason in sigray.open(store).failures()["reason"])
+    assert all("no valid answer in 1 attempt; last:" in reason for reason in sigray.open(store).failures()["reason"])
 
 
 def test_a_run_where_no_window_got_a_valid_answer_never_says_no_anomalies_found(ray_session, tmp_path, capsys):
@@ -247,6 +247,13 @@ def test_a_run_where_no_window_got_a_valid_answer_never_says_no_anomalies_found(
     assert "no valid answer for any window" in capsys.readouterr().err
     with pytest.warns(sigray.SigrayWarning, match=r"no valid answer for any window of 1 signal\(s\)"):
         assert sigray.detect(store).unanswered == [CPU]  # Python users are told too
+    assert cli(["results", store]) == 1  # its table is empty, and says why
+    printed = capsys.readouterr()
+    assert printed.out.strip() == "signal,start,end,severity"
+    assert f"{CPU}: none of its 111 window(s) got a valid answer, so its result (nothing found) means" in printed.err
+    assert sigray.open(store).results().unanswered == [CPU]
+    assert cli(["status", store]) == 0
+    assert "111 failed; results saved, but no window got a valid answer" in capsys.readouterr().out
 
 
 def test_plot_of_an_unfinished_run_says_so_and_works_once_it_finished(stopped, tmp_path, capsys):
@@ -364,3 +371,19 @@ def test_odd_timestamps_are_named_by_their_csv_lines_once_when_read_and_not_agai
         warnings.simplefilter("always")
         sigray.detect(store)
     assert not [w for w in caught if "timestamps repeat" in str(w.message)]
+
+
+def test_quiet_prints_nothing_but_warnings_even_when_it_starts_ray(tmp_path, short_tmp):
+    """`--quiet` in a process of its own, which starts a local Ray: Ray's own notices are information too."""
+    from sigray.testing.processes import reap_orphans, start_cli
+
+    ray_tmp = os.path.join(short_tmp, "quiet")
+    run = start_cli(
+        ["run", nab_signal(CPU), "--store", str(tmp_path / "run"), "--engine", "test-double", "--quiet"], ray_tmp
+    )
+    try:
+        output, _ = run.communicate(timeout=300)
+    finally:
+        reap_orphans(ray_tmp)
+    assert run.returncode == 0 and output.decode().strip() == "", output.decode()[-2000:]
+    assert sigray.open(str(tmp_path / "run")).results().complete

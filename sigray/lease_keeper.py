@@ -5,9 +5,9 @@ post-processing) must renew it for as long as that work lasts. A thread cannot b
 it needs the interpreter's GIL, and a main thread in numpy, pandas and Orion code (or in one
 long C call) can keep it from the thread for seconds (measured here: a 0.1 s wait came back
 up to 1.8 s late, and renewals every 0.5 s came 6.6 s apart, while `sigray detect` ran Orion's
-threshold search). A process renews on
-time whatever the driver's interpreter does, and ends with the driver: it renews until its
-standard input closes, which happens when the driver stops it or dies (even by SIGKILL).
+threshold search). A process renews on time whatever the driver's interpreter does, and ends
+with the driver: it renews until its standard input closes, which happens when the driver
+stops it or dies (even by SIGKILL).
 
 The keeper renews at once when it is up (40 ms after it is started here: it imports the lease
 alone, ~16 MB) and then every ``renew_every_s`` of the lease; it exits 0 when its input closes,

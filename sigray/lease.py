@@ -114,18 +114,21 @@ def renew(store: str | Storage, lease: Lease, ttl_s: float) -> Lease:
     storage = open_storage(store)
     try:
         with _Mutex(storage):
-            held = _held_by(storage, lease.owner)
+            held = held_by(storage, lease.owner)
             now = time.time()
             renewed = replace(held, renewed_at=now, expires_at=now + ttl_s)
             _write(storage, renewed)
             return renewed
     except _MutexBusy:  # left by a process killed while taking the lease: nobody can take it meanwhile
-        _held_by(storage, lease.owner)
+        held_by(storage, lease.owner)
         log.warning("store %s: lease not renewed this time (its mutex is busy)", storage.url)
         return lease
 
 
-def _held_by(storage: Storage, owner: str) -> Lease:
+def held_by(store: str | Storage, owner: str) -> Lease:
+    """The lease, when ``owner`` holds it (even past its expiry: nobody took it); StoreLockedError
+    naming the holder otherwise."""
+    storage = open_storage(store)
     held = read_lease(storage)
     if held is None or held.owner != owner:
         holder = "nobody" if held is None else f"pid {held.pid} on {held.host}"
@@ -139,15 +142,6 @@ def release(store: str | Storage, owner: str) -> None:
     held = read_lease(storage)
     if held is not None and held.owner == owner:
         storage.remove(_LEASE)
-
-
-def check_held(store: str | Storage, owner: str) -> None:
-    """StoreLockedError unless ``owner`` holds the lease now: fencing before a write that
-    does not renew (a store created or grown by the driver)."""
-    storage = open_storage(store)
-    held = read_lease(storage)
-    if held is None or held.owner != owner or not held.alive(time.time()):
-        raise StoreLockedError(f"store {storage.url}: this run does not hold the write lease; stopping.")
 
 
 def _fresh(owner: str, ttl_s: float, renew_every_s: float, now: float) -> Lease:

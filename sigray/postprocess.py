@@ -133,12 +133,15 @@ class Detections:
                 self.result.missing.append(entry.name)
             else:
                 self._start(signal_plan, entry, rows, settled, in_task=in_tasks)
-        while self._tasks or stop.requested:
+        while self._tasks:
             if stop.requested:
                 self._cancel()
                 self.result.stopped = True
                 return
             self._collect(timeout_s=1.0)
+        if stop.requested and any(entry.name not in self.result.missing for _, entry in self._left()):
+            self.result.stopped = True  # a stop after the last signal's result stops nothing
+            return
         order = {entry.name: i for i, entry in enumerate(self.entries)}
         self.result.signals = dict(sorted(self.result.signals.items(), key=lambda item: order[item[0]]))
         if self.previous is not None and self.result.result_set is not None:

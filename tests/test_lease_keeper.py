@@ -103,8 +103,9 @@ def test_a_prepared_store_keeps_its_lease_from_the_start(tmp_path):
 
 
 def test_the_keeper_ends_with_its_driver_and_a_rerun_takes_the_store(tmp_path):
-    """A SIGKILLed driver leaves no process renewing its lease: the same command run again takes
-    the store within seconds (its lease names a dead driver and is no longer renewed)."""
+    """A SIGKILLed driver leaves no process renewing its lease, even when a child it forked still
+    holds the keeper's pipe: the same command run again takes the store within seconds. The keeper
+    is out of the driver's process group (a Ctrl-C there is a graceful stop, which still writes)."""
     store = str(tmp_path / "store")
     code = textwrap.dedent(f"""
         import os, time
@@ -112,23 +113,32 @@ def test_the_keeper_ends_with_its_driver_and_a_rerun_takes_the_store(tmp_path):
         from sigray.lease_keeper import KeptLease
         held = lease.acquire({store!r}, "driver", ttl_s=60, renew_every_s={RENEW_S})
         kept = KeptLease({store!r}, held, ttl_s=60)
-        print(kept._process.pid, flush=True)
+        child = os.fork()  # a fork without exec (multiprocessing's default): it inherits every descriptor
+        if child == 0:
+            time.sleep(600)
+            os._exit(0)
+        print(kept._process.pid, child, flush=True)
         time.sleep(600)
     """)
-    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    keeper = psutil.Process(int(driver.stdout.readline()))
-    with pytest.raises(StoreLockedError):  # renewed: a 60 s lease of a live driver
-        lease.acquire(store, "rerun", ttl_s=60, renew_every_s=1)
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    keeper.wait(timeout=10)  # its input closed with the driver
-    deadline, taken = time.monotonic() + 15, None
-    while taken is None and time.monotonic() < deadline:
-        try:
-            taken = lease.acquire(store, "rerun", ttl_s=60, renew_every_s=1)
-        except StoreLockedError:
-            time.sleep(0.2)  # two renewal periods of silence are waited for; the rerun polls
-    assert taken is not None and lease.read_lease(store).owner == "rerun"
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    keeper_pid, child_pid = map(int, driver.stdout.readline().split())
+    keeper = psutil.Process(keeper_pid)
+    try:
+        assert os.getpgid(keeper_pid) != os.getpgid(driver.pid)
+        with pytest.raises(StoreLockedError):  # renewed: a 60 s lease of a live driver
+            lease.acquire(store, "rerun", ttl_s=60, renew_every_s=1)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait()
+        keeper.wait(timeout=10)  # its parent is gone, though its pipe is still open in the child
+        deadline, taken = time.monotonic() + 15, None
+        while taken is None and time.monotonic() < deadline:
+            try:
+                taken = lease.acquire(store, "rerun", ttl_s=60, renew_every_s=1)
+            except StoreLockedError:
+                time.sleep(0.2)  # two renewal periods of silence are waited for; the rerun polls
+        assert taken is not None and lease.read_lease(store).owner == "rerun"
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the forked child
 
 
 def test_a_keeper_killed_on_its_own_is_replaced_and_the_lease_kept(tmp_path):
@@ -141,3 +151,42 @@ def test_a_keeper_killed_on_its_own_is_replaced_and_the_lease_kept(tmp_path):
         kept.check()  # not lost: another keeper renews from here
         assert kept._process is not first and kept._process.poll() is None
         assert _held_throughout(store, hold_s=3) == "refused"
+
+
+@pytest.mark.parametrize("keeper_fault", ["hung", "killed"])
+def test_a_driver_whose_keeper_stopped_renewing_never_writes_past_its_lease(tmp_path, keeper_fault):
+    """The driver reads the lease itself before it writes: once another run took the store after a
+    keeper hung (SIGSTOP) or was killed, the driver's fencing check refuses, naming the new holder."""
+    store = str(tmp_path / "store")
+    held = lease.acquire(store, "driver", ttl_s=TTL_S, renew_every_s=RENEW_S)
+    with KeptLease(store, held, ttl_s=TTL_S) as kept:
+        wait_renewed(store, since=held.renewed_at)
+        keeper = kept._process
+        os.kill(keeper.pid, signal.SIGSTOP if keeper_fault == "hung" else signal.SIGKILL)
+        deadline, taken = time.monotonic() + 30, None
+        while taken is None:
+            assert time.monotonic() < deadline, "the lease never lapsed"
+            try:
+                taken = lease.acquire(store, "second run", ttl_s=60, renew_every_s=1)
+            except StoreLockedError:
+                time.sleep(0.1)  # the second run polls until the lease lapses
+        with pytest.raises(StoreLockedError, match=r"lost the write lease \(now held by pid"):
+            kept.check()
+        if keeper_fault == "hung":
+            os.kill(keeper.pid, signal.SIGCONT)
+    assert lease.read_lease(store).owner == "second run"
+
+
+def test_a_late_keeper_is_covered_by_the_driver_before_it_writes(tmp_path):
+    """A keeper that hangs while nobody else wants the store: the driver's check renews the lease
+    itself, so the write goes ahead on a lease that is live."""
+    store = str(tmp_path / "store")
+    held = lease.acquire(store, "driver", ttl_s=TTL_S, renew_every_s=RENEW_S)
+    with KeptLease(store, held, ttl_s=TTL_S) as kept:
+        wait_renewed(store, since=held.renewed_at)
+        os.kill(kept._process.pid, signal.SIGSTOP)
+        while (late := lease.read_lease(store)).expires_at - time.time() > TTL_S / 2:
+            time.sleep(0.05)  # until the lease is past half its time to live
+        kept.check()
+        assert lease.read_lease(store).renewed_at > late.renewed_at  # renewed by the check: the keeper is stopped
+        os.kill(kept._process.pid, signal.SIGCONT)

@@ -112,3 +112,24 @@ def test_a_second_ctrl_c_quits_a_run_and_the_same_command_resumes_it(tmp_path, s
     resumed = sigray.open(store).results().anomalies[name]
     pd.testing.assert_frame_equal(resumed, reference.anomalies[name].reset_index(drop=True), check_dtype=False)
     assert np.all(RunStore.open(store).read_state()[0] == DONE)
+
+
+def test_a_stop_during_the_last_signals_post_processing_stops_nothing(ray_session, tmp_path, monkeypatch):
+    """A SIGTERM while `detect` post-processes its last signal: that signal finishes (a stop comes
+    between signals), so the run is complete, not "stopped, run it again to resume"."""
+    import sigray
+    from sigray.postprocess import Detections
+    from tests.conftest import nab_signal
+
+    store = str(tmp_path / "run")
+    sigray.run([nab_signal("cpu_utilization_asg_misconfiguration")], store, engine="test-double", progress=False)
+    start = Detections._start
+
+    def start_then_term(self, *args, **kwargs):
+        start(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled as a stop request while the run is open
+
+    monkeypatch.setattr(Detections, "_start", start_then_term)
+    finder = "orion.primitives.timeseries_anomalies.find_anomalies#1"
+    result = sigray.detect(store, pipeline_params={finder: {"fixed_threshold": False}})
+    assert result.complete and not result.stopped and len(result.signals) == 1

@@ -10,6 +10,7 @@ before anything is written, and every step is crash-safe on its own (see
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -145,18 +146,16 @@ class _KnownRequests(Mapping):
 
     def __init__(self, plan: RunPlan, store: RunStore):
         self._plan, self._store = plan, store
-        self._index: dict[int, tuple] | None = None
 
-    @property
+    @functools.cached_property
     def _owner(self) -> dict[int, tuple]:
-        if self._index is None:
-            self._index = {}
-            for signal_plan in self._plan.plans:
-                entry = self._store.signal(signal_plan.name)
-                if entry is not None and entry.digest == signal_plan.digest:
-                    for position, row in enumerate(self._store.signal_rows(entry).tolist()):
-                        self._index[row] = (signal_plan, position)
-        return self._index
+        owner = {}
+        for signal_plan in self._plan.plans:
+            entry = self._store.signal(signal_plan.name)
+            if entry is not None and entry.digest == signal_plan.digest:
+                for position, row in enumerate(self._store.signal_rows(entry).tolist()):
+                    owner[row] = (signal_plan, position)
+        return owner
 
     def __getitem__(self, row: int):
         signal_plan, position = self._owner[row]

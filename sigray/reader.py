@@ -267,7 +267,7 @@ class StoreReader:
                 continue
             anomalies[name] = _events(saved)
             failed[name] = int(len(saved.get("failed_windows", [])))
-            if failed[name] and failed[name] == len(self._source.rows(name)):
+            if failed[name] and failed[name] == self._source.n_windows(name):
                 unanswered.append(name)
         held = store_lease.read_lease(self.path) if missing else None
         running = f"pid {held.pid} on {held.host}" if held is not None and held.alive(time.time()) else None
@@ -438,6 +438,9 @@ class _Format2:
     def rows(self, name: str) -> np.ndarray:
         return self.store.signal_rows(self._entries[name])
 
+    def n_windows(self, name: str) -> int:
+        return self._entries[name].n_windows
+
     def all_rows(self) -> np.ndarray:
         if not self._entries:
             return np.zeros(0, dtype=np.int64)
@@ -483,6 +486,9 @@ class _Format1:
     def rows(self, name: str) -> np.ndarray:
         offset, n = self._ranges[name]
         return np.arange(offset, offset + n, dtype=np.int64)
+
+    def n_windows(self, name: str) -> int:
+        return self._ranges[name][1]
 
     def all_rows(self) -> np.ndarray:
         return np.arange(sum(n for _, n in self._ranges.values()), dtype=np.int64)

@@ -9,10 +9,19 @@ import time
 import numpy as np
 
 import sigray
+from sigray import lease
 from sigray.store import DONE, RunStore
 from sigray.testing.processes import kill_session, reap_orphans, start_cli, wait_until_no_writer
 
-__all__ = ["free_port", "kill_session", "reap_orphans", "start_cli", "wait_for_done", "wait_until_no_writer"]
+__all__ = [
+    "free_port",
+    "kill_session",
+    "reap_orphans",
+    "start_cli",
+    "wait_for_done",
+    "wait_renewed",
+    "wait_until_no_writer",
+]
 
 
 def free_port() -> int:
@@ -56,3 +65,11 @@ def sigkill_mid_run_then_rerun(command: list[str], store: str, at_least: int, ra
         kill_session(second)
         reap_orphans(ray_tmp)
     return done_at_kill, output.decode(), second.returncode
+
+
+def wait_renewed(store, since: float, timeout_s: float = 30) -> None:
+    """Until the store's lease was renewed after ``since`` (the keeper is up and renewing)."""
+    deadline = time.monotonic() + timeout_s
+    while lease.read_lease(store).renewed_at <= since:
+        assert time.monotonic() < deadline, "the lease was never renewed"
+        time.sleep(0.05)  # polling an observed condition

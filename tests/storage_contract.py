@@ -20,7 +20,7 @@ from sigray.errors import StoreLockedError
 from sigray.lease_keeper import KeptLease
 from sigray.storage import Storage
 from sigray.store import NewSignal, RunStore, WindowRequest
-from tests.test_lease_keeper import wait_renewed
+from tests.processes import wait_renewed
 
 
 class RawAccess:

@@ -26,6 +26,7 @@ from sigray.lease_keeper import KeptLease
 from sigray.plan import make_plan
 from sigray.prepare import prepare_store
 from tests.conftest import nab_signal
+from tests.processes import wait_renewed
 
 TTL_S, RENEW_S = 1.0, 0.2
 
@@ -58,14 +59,6 @@ def _intruder(store: str, seconds: float) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert process.stdout.readline().strip() == "ready"
     return process
-
-
-def wait_renewed(store, since: float, timeout_s: float = 30) -> None:
-    """Until the store's lease was renewed after ``since`` (the keeper is up and renewing)."""
-    deadline = time.monotonic() + timeout_s
-    while lease.read_lease(store).renewed_at <= since:
-        assert time.monotonic() < deadline, "the lease was never renewed"
-        time.sleep(0.05)  # polling an observed condition
 
 
 def _held_throughout(store: str, hold_s: int) -> str:

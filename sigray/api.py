@@ -53,6 +53,8 @@ def run(
     (sigllm's shape), ``.signals[name].failed_windows`` lists windows left unanswered.
     Raises InputError, ConfigError, ModelNotFoundError or StoreError before anything is
     written or any engine starts when the input, settings, model or store cannot be used.
+    sigllm windows the signals as the run goes (the first before it starts): a failure its
+    checks do not foresee is an InputError naming the signal, with the answers so far saved.
     """
     if not isinstance(progress, bool):
         raise ConfigError(f"progress must be True or False, not {progress!r}.")

@@ -409,6 +409,11 @@ def cmd_status(args) -> int:
     state = "running" if status["running"] else "not running"
     print(f"{status['store']}: {status['pipeline']} on {status['model']} ({state})")
     print(f"  {status['done']} done, {status['failed']} failed, {status['pending']} pending of {status['windows']}")
+    if status["signals_to_add"]:
+        print(
+            f"  and {status['signals_to_add']} more signal(s) the run is still windowing (their windows are not "
+            "counted yet)"
+        )
     print(f"  last update: {_when(status['last_update'], status['last_update_age_s'])}")
     rate, eta = status["windows_per_s"], status["eta_s"]
     if status["pending"] == 0:

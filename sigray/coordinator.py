@@ -12,8 +12,11 @@ Invariants:
 - a window's seed depends only on (run seed, its key, attempt): a resumed run samples
   exactly what an uninterrupted one would have, and the same window samples the same
   answers in any signal and any store;
-- it serves the rows of the run's signals only (``signal_groups``): a store may hold
-  more, for signals this run does not name;
+- it serves the rows of the run's signals only (``signals``: name and data digest): a
+  store may hold more, for signals this run does not name, or another version of one;
+- signals may join while windows run (``add_signals``: the driver windows them as the first
+  ones are answered); the run is finished only once every one is registered and settled,
+  and a restarted coordinator learns from the registry which have joined;
 - flushes are write-behind: accepted answers wait in memory at most one flush interval,
   so a crash loses at most that much work, and the state rebuilt from the store is
   exactly what was flushed.
@@ -33,8 +36,8 @@ import numpy as np
 from sigray import lease as store_lease
 from sigray.errors import StoreError
 from sigray.keys import window_seed
-from sigray.messages import Batch, BatchReport, Progress
-from sigray.store import DONE, FAILED, PENDING, RunStore, WindowRequest, WindowResults
+from sigray.messages import AddedSignals, Batch, BatchReport, Progress
+from sigray.store import DONE, FAILED, PENDING, NewSignal, RunStore, WindowRequest, WindowResults
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class CoordinatorSettings:
     seed: int
     flush_interval_s: float
     lease_timeout_s: float
-    signal_groups: tuple[int, ...]  # the registry groups of the run's signals
+    signals: tuple[tuple[str, str], ...]  # (name, data digest) of each of the run's signals, joined or to join
 
 
 @dataclass(frozen=True)
@@ -91,32 +94,29 @@ class Coordinator:
         self.attempts = self.attempts.copy()
         self.requests = _RequestChunks(self.store)
         n = len(self.status)
-        wanted = set(settings.signal_groups)
-        entries = [e for e in self.store.signals if e.group in wanted]
+        self.wanted = frozenset(settings.signals)
+        self.joined: set[tuple[str, str]] = set()
         self.needed = np.zeros(n, dtype=bool)
-        for entry in entries:
-            self.needed[self.store.signal_rows(entry)] = True
-        self.n_needed = int(np.count_nonzero(self.needed))
+        self.queued = np.zeros(n, dtype=bool)
+        self.lease_of = np.full(n, -1, dtype=np.int64)
+        self.queue: collections.deque[int] = collections.deque()
+        self.n_needed = self.done = self.failed = self.resumed_settled = 0
         self._reset_buffer()
         self._count_the_last_answer_of_done_windows()
-        self.lease_of = np.full(n, -1, dtype=np.int64)
-        self.queued = self.needed & (self.status == PENDING)
-        self.queue = collections.deque(np.flatnonzero(self.queued).tolist())
+        self._need([e for e in self.store.signals if (e.name, e.digest) in self.wanted])
         self.leases: dict[int, _Lease] = {}
         # Lease ids never repeat across restarts: a report for a previous incarnation's
         # lease must not match (and end, or charge) a new lease of the same number.
         self.next_lease_id = time.time_ns()
-        self.done = int(np.count_nonzero(self.needed & (self.status == DONE)))
-        self.failed = int(np.count_nonzero(self.needed & (self.status == FAILED)))
         self.retries = 0
         self.requeued = 0
         self.prompt_tokens = [0, 0, 0]  # windows counted, their tokens, the most in one (answers asked this session)
-        self.resumed_settled = self.done + self.failed
         self.timed_out_workers: list[str] = []
         self.started = time.monotonic()
         self.seen_workers: set[str] = set()  # workers that called this incarnation
         self.lost_workers: set[str] = set()  # declared lost by the driver: never leased to again
         self.first_lease_at: float | None = None  # when work began, for the windows/s rate
+        self.first_batch_at: float | None = None  # the same, Unix time: for the driver's timings
         self.finished_at: float | None = None  # when the last window settled
         self.fatal: str | None = None
         self.stopping = False
@@ -209,6 +209,43 @@ class Coordinator:
 
     # -- the driver ---------------------------------------------------------
 
+    async def add_signals(self, new: list[NewSignal]) -> AddedSignals:
+        """Register more of the run's signals (their windows join the queue at once).
+
+        The driver windows a long list of signals while the first ones are answered (issue
+        16.3); the coordinator writes them, as the store's one writer while windows run.
+        A signal already registered with the same data is not written again, so a call
+        repeated after a restart is harmless. Raises StoreError when the store cannot be
+        written (the run then stops, as after a failed flush)."""
+        async with self._flush_lock:  # no flush writes the window table while it grows
+            if self.fatal:
+                raise StoreError(self.fatal)
+            held = {(e.name, e.digest): e for e in self.store.signals}
+            before = self.store.n_windows
+            try:
+                # Renewing first checks we still own the store (fencing) before writing.
+                self.lease = await asyncio.to_thread(
+                    store_lease.renew, self.store.storage, self.lease, self.settings.lease_ttl_s
+                )
+                added = await asyncio.to_thread(
+                    self.store.add_signals, [s for s in new if (s.name, s.digest) not in held]
+                )
+            except Exception as exc:  # noqa: BLE001 - as in flush: stop cleanly
+                self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
+                log.error(self.fatal)
+                self._work_available.set()
+                raise StoreError(self.fatal) from None
+            entries = [added.get(s.name) or held[(s.name, s.digest)] for s in new]
+            self._grow(self.store.n_windows)
+            self.requests.forget_from(before)
+            settled_before = self.done + self.failed
+            self._need(entries)
+        self._update_events()
+        settled = self.done + self.failed - settled_before
+        grown = self.store.n_windows - before
+        log.info("%d signal(s) joined the run: %d new rows, %d windows already settled", len(new), grown, settled)
+        return AddedSignals(entries, grown, settled)
+
     async def progress(self) -> Progress:
         now = time.monotonic()
         # The average since work began: batches finish in bursts, so a short window jitters.
@@ -228,6 +265,8 @@ class Coordinator:
             finished=self._finished.is_set(),
             prompt_tokens_mean=self.prompt_tokens[1] / self.prompt_tokens[0] if self.prompt_tokens[0] else None,
             prompt_tokens_max=self.prompt_tokens[2] or None,
+            signals_to_add=len(self.wanted - self.joined),
+            first_batch_at=self.first_batch_at,
         )
 
     async def health(self) -> Health:
@@ -273,7 +312,8 @@ class Coordinator:
                 )
                 if results.windows.size or status or attempts:
                     await asyncio.to_thread(self.store.flush, results, status, attempts, reasons)
-                    await asyncio.to_thread(self.store.record_progress, *self._saved, self.prompt_tokens)
+                    to_add = len(self.wanted - self.joined)
+                    await asyncio.to_thread(self.store.record_progress, *self._saved, self.prompt_tokens, to_add)
             except Exception as exc:  # noqa: BLE001 - disk full, lost lease, damaged store: stop cleanly
                 self.fatal = f"cannot save to store {self.settings.store_path}: {exc}"
                 log.error(self.fatal)
@@ -323,6 +363,7 @@ class Coordinator:
 
     def _lease(self, worker_id: str, windows: np.ndarray, requests: list[WindowRequest]) -> Batch:
         self.first_lease_at = self.first_lease_at or time.monotonic()
+        self.first_batch_at = self.first_batch_at or time.time()
         lease_id = self.next_lease_id
         self.next_lease_id += 1
         self.lease_of[windows] = lease_id
@@ -365,10 +406,38 @@ class Coordinator:
         else:
             self.failed += 1
 
+    def _need(self, entries: list) -> None:
+        """Serve the rows of ``entries`` (registered signals of the run) from now on: the
+        pending ones are queued, the settled ones counted as resumed."""
+        self.joined.update((e.name, e.digest) for e in entries)
+        if not entries:
+            return
+        rows = np.unique(np.concatenate([self.store.signal_rows(e) for e in entries]))
+        rows = rows[~self.needed[rows]]
+        self.needed[rows] = True
+        self.n_needed += len(rows)
+        states = self.status[rows]
+        done, failed = int(np.count_nonzero(states == DONE)), int(np.count_nonzero(states == FAILED))
+        self.done, self.failed = self.done + done, self.failed + failed
+        self.resumed_settled += done + failed
+        pending = rows[states == PENDING]
+        self.queued[pending] = True
+        self.queue.extend(pending.tolist())
+
+    def _grow(self, n: int) -> None:
+        """Extend the per-row arrays to ``n`` rows (new rows: pending, never asked, not needed yet)."""
+        more = n - len(self.status)
+        if more > 0:
+            self.status = np.concatenate([self.status, np.full(more, PENDING, dtype=self.status.dtype)])
+            self.attempts = np.concatenate([self.attempts, np.zeros(more, dtype=self.attempts.dtype)])
+            self.needed = np.concatenate([self.needed, np.zeros(more, dtype=bool)])
+            self.queued = np.concatenate([self.queued, np.zeros(more, dtype=bool)])
+            self.lease_of = np.concatenate([self.lease_of, np.full(more, -1, dtype=np.int64)])
+
     def _update_events(self) -> None:
         if not self.leases:
             self._no_leases.set()
-        if self.done + self.failed == self.n_needed:
+        if self.done + self.failed == self.n_needed and self.joined >= self.wanted:
             if not self._finished.is_set() and self.first_lease_at:
                 self.finished_at = time.monotonic()
             self._finished.set()
@@ -419,6 +488,11 @@ class _RequestChunks:
         self.store = store
         self.cached_chunks = cached_chunks
         self.chunks: collections.OrderedDict[int, list[WindowRequest]] = collections.OrderedDict()
+
+    def forget_from(self, row: int) -> None:
+        """Drop cached chunks from the one holding ``row`` on: the table grew there."""
+        for chunk in [c for c in self.chunks if c >= row // self.store.chunk_windows]:
+            del self.chunks[chunk]
 
     def get(self, windows: np.ndarray) -> list[WindowRequest]:
         size = self.store.chunk_windows

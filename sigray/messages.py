@@ -14,6 +14,20 @@ REFUSED = "refused by the engine: "
 
 
 @dataclass(frozen=True)
+class AddedSignals:
+    """What the coordinator did with signals the driver added to a live run.
+
+    ``entries``: each signal's registry entry, in the order given (a signal already
+    registered, as after a retried call, keeps its entry); ``added_windows``: rows the
+    window table grew by; ``settled``: windows the run now needs that were already done or
+    failed (answered for another signal, or by an earlier run)."""
+
+    entries: list  # [SignalEntry]
+    added_windows: int
+    settled: int
+
+
+@dataclass(frozen=True)
 class Batch:
     """Windows leased to one worker. ``seeds[i]`` seeds window ``windows[i]`` at this attempt;
     ``max_digits[i]`` and ``max_tokens[i]`` are its answer limits."""
@@ -59,6 +73,8 @@ class Progress:
     finished: bool
     prompt_tokens_mean: float | None = None  # per window asked, in the served model's tokens (this session)
     prompt_tokens_max: int | None = None
+    signals_to_add: int = 0  # signals of the run still being windowed by the driver: ``total`` grows by theirs
+    first_batch_at: float | None = None  # Unix time this coordinator leased its first batch
 
     @property
     def pending(self) -> int:

@@ -1,10 +1,11 @@
-"""Everything decided before any engine starts: signals, windows, requests, identities.
+"""Everything decided before any engine starts: signals, their checks, identities; and each
+signal's windows and requests, made with sigllm's own preprocessing where first used.
 
-Planning runs sigllm's own preprocessing. It is deterministic, so a resumed run plans
-again and gets the same windows; a signal the store holds settled with the same data is
-not preprocessed again unless it is post-processed. Each window's request (its prompt and answer limits)
-is keyed by content under the *generation identity*, what decides answers: the same
-window asks the same thing, and is answered once, in any signal and any store.
+Preprocessing is deterministic, so a resumed run gets the same windows again; a signal the
+store holds with the same data is not preprocessed again unless it is post-processed. Each
+window's request (its prompt and answer limits) is keyed by content under the *generation
+identity*, what decides answers: the same window asks the same thing, and is answered once,
+in any signal and any store.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -53,6 +54,27 @@ def plan_memory_mb() -> float:
     return value
 
 
+class MemoryBudget:
+    """What a plan keeps in the driver's memory of its signals' data and preprocessing, within
+    ``mb`` (``plan_memory_mb()``): whatever is kept makes the signal's next use free."""
+
+    def __init__(self, mb: float):
+        self.mb = mb
+        self.held_mb = 0.0
+        self._charged: dict[str, float] = {}  # signal name -> what it holds now, when kept
+
+    def settle(self, signal_plan: PlannedSignal) -> None:
+        """A use of ``signal_plan`` is over (planned, registered): keep its data and preprocessing
+        if they fit beside the others kept, else drop them (``PlannedSignal.done_with``)."""
+        size = signal_plan.held_mb()
+        others = self.held_mb - self._charged.pop(signal_plan.name, 0.0)
+        signal_plan.kept = others + size <= self.mb
+        if signal_plan.kept:
+            self._charged[signal_plan.name] = size
+        self.held_mb = others + self._charged.get(signal_plan.name, 0.0)
+        signal_plan.done_with()
+
+
 @dataclass
 class RunPlan:
     """A planned run: its signals' windows and the two identities that name its work.
@@ -72,8 +94,8 @@ class RunPlan:
     detection: dict
     detection_fingerprint: str
     normal: Signal | None = None
-    planning_s: float = 0.0  # how long make_plan took (reading and preprocessing the signals)
-    memory_mb: float = PLAN_MEMORY_MB  # preprocessing kept in memory, at most
+    planning_s: float = 0.0  # how long make_plan took (reading and checking the signals)
+    memory: MemoryBudget = field(default_factory=lambda: MemoryBudget(PLAN_MEMORY_MB))
 
     def samplings(self, signal_plan: PlannedSignal, constrained: bool | None = None) -> list[Sampling]:
         """Each window's sampling (its own token budget and, when constrained, regex), as workers ask."""
@@ -119,12 +141,12 @@ class PlannedSignal:
     settled, with the same data under the same generation, is preprocessed only when it is
     post-processed: the cost of a resumed run follows what is left to do (issue 16).
 
-    ``kept``: its data and preprocessing stay in memory (within ``plan_memory_mb()`` at
-    planning); otherwise each use ends with ``done_with``, which drops the preprocessing and,
-    when the signal can be read again from its file (``reload``), its data: the driver's memory
-    then follows the budget, not the run's size. ``asks``: new to the store when planned (its
-    windows may be asked of an engine). ``digest``: the data's (``Signal.digest``), checked
-    again on every reload."""
+    ``kept``: its data and preprocessing stay in memory (within ``plan_memory_mb()``, decided
+    by ``MemoryBudget.settle`` after each use); otherwise each use ends with ``done_with``,
+    which drops the preprocessing and, when the signal can be read again from its file
+    (``reload``), its data: the driver's memory then follows the budget, not the run's size.
+    ``asks``: new to the store when planned (its windows may be asked of an engine).
+    ``digest``: the data's (``Signal.digest``), checked again on every reload."""
 
     def __init__(
         self,
@@ -285,24 +307,27 @@ def make_plan(
     rejected: dict[str, str] | None = None,
     on_planned: Callable[[int, int], None] | None = None,
 ) -> RunPlan:
-    """Load and check the signals, window them with sigllm, and name the run's work.
+    """Load and check the signals and name the run's work; sigllm windows each signal where it
+    is first used (registered in the store, post-processed), so the first windows are answered
+    while later signals are windowed (issue 16.3).
 
-    ``on_planned(k, n)`` is called as each of the ``n`` signals is windowed (progress, for
-    runs of hundreds of signals).
+    ``on_planned(k, n)`` is called as each of the ``n`` signals is read (progress, for runs of
+    hundreds of signals).
 
     ``settled``: given the generation's fingerprint, the signals (name -> data digest) the
     run's store holds under it with every window settled (``sigray.prepare.settled_signals``);
-    those are preprocessed only when first used (to post-process), every other signal here.
+    the others ``ask`` (their windows may go to an engine).
 
     ``rejected``: when given, a signal that cannot be read or windowed is left out of the
-    plan and named there (name -> why) instead of refusing the run (``sigray.benchmark``).
+    plan and named there (name -> why) instead of refusing the run (``sigray.benchmark``):
+    such a plan windows every signal that asks here.
 
-    Raises InputError (bad or too-short signals, values sigllm cannot scale) or
-    ConfigError (unknown pipeline, bad parameters) before anything is written or started;
+    Raises InputError (bad or too-short signals, values sigllm cannot scale: the checks need
+    no windowing) or ConfigError (unknown pipeline, bad parameters) before anything is written or started;
     odd but usable data is a ``SigrayWarning``.
     """
     started = time.perf_counter()
-    budget_mb = plan_memory_mb()
+    memory = MemoryBudget(plan_memory_mb())
     pipeline = make_pipeline(config, base_spec)
     if not sources:
         raise InputError("no signals given.")
@@ -322,7 +347,6 @@ def make_plan(
     plans: list[PlannedSignal] = []
     answers = identity = generation = None
     known: Mapping[str, str] = {}
-    held_mb = 0.0
     for k, (name, source) in enumerate(zip(names, sources), 1):
         with _or_rejected(rejected, name):
             signal = load_signals([source], unit=config.timestamp_unit)[0]
@@ -344,13 +368,10 @@ def make_plan(
                 signal, pipeline, normal, answers, generation, reload=_reloader(source, config.timestamp_unit)
             )
             del signal
-            if known.get(plan.name) != plan.digest:
-                plan.preprocessed  # noqa: B018 - new to the store: refused now if it cannot be windowed
-                plan.asks = True
-            size = plan.held_mb()
-            plan.kept = held_mb + size <= budget_mb
-            held_mb += size if plan.kept else 0.0
-            plan.done_with()
+            plan.asks = known.get(plan.name) != plan.digest
+            if plan.asks and rejected is not None:
+                plan.preprocessed  # noqa: B018 - a benchmark names a signal sigllm cannot window on its row
+            memory.settle(plan)
             plans.append(plan)
         if on_planned is not None:
             on_planned(k, len(sources))
@@ -371,5 +392,5 @@ def make_plan(
         detection_fingerprint=fingerprint(detection),
         normal=normal,
         planning_s=time.perf_counter() - started,
-        memory_mb=budget_mb,
+        memory=memory,
     )

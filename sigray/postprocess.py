@@ -79,7 +79,9 @@ class Detections:
         kept: KeptLease,
         check_every_s: float,
     ):
-        self.plan, self.store, self.entries, self.result, self.kept = plan, store, entries, result, kept
+        self.plan, self.store, self.result, self.kept = plan, store, result, kept
+        self.entries = entries  # registered signals: the run adds to it as its signals join (``sigray.feed``)
+        self.planned = {p.name: p for p in plan.plans}
         self.check_every_s = check_every_s
         self.previous = result_sets.find_set(store.group, None)
         self.sid = result_sets.set_id(plan.detection_fingerprint)
@@ -142,7 +144,7 @@ class Detections:
         if stop.requested and any(entry.name not in self.result.missing for _, entry in self._left()):
             self.result.stopped = True  # a stop after the last signal's result stops nothing
             return
-        order = {entry.name: i for i, entry in enumerate(self.entries)}
+        order = {name: i for i, name in enumerate(self.planned)}
         self.result.signals = dict(sorted(self.result.signals.items(), key=lambda item: order[item[0]]))
         if self.previous is not None and self.result.result_set is not None:
             if self.previous.id != self.result.result_set.id:
@@ -152,7 +154,7 @@ class Detections:
         """Signals without a result yet and none on the way."""
         busy = {task[1].name for task in self._tasks.values()}
         done = self.result.signals
-        return [(p, e) for p, e in zip(self.plan.plans, self.entries) if e.name not in done and e.name not in busy]
+        return [(self.planned[e.name], e) for e in self.entries if e.name not in done and e.name not in busy]
 
     def _start(self, signal_plan: PlannedSignal, entry: SignalEntry, rows, settled, in_task: bool) -> None:
         """A saved result is read at once; else a Ray task computes it, or the driver does."""

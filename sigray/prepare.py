@@ -2,8 +2,9 @@
 
 In order: refuse what is not a sigray store; take the lease (a live run refuses this one,
 ``--new`` included); create the store, replace it (``--new``), migrate it (format 1), or
-check that it holds the same generation; repair damage; register the run's signals,
-growing the window table by the requests it does not hold yet. Every refusal comes
+check that it holds the same generation; repair damage; register the run's signals (or,
+for a run that computes, the first of them: ``sigray.feed`` adds the rest), growing the
+window table by the requests it does not hold yet. Every refusal comes
 before anything is written, and every step is crash-safe on its own (see
 ``sigray.store.run_store``).
 """
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,14 +23,16 @@ from sigray import lease as store_lease
 from sigray.config import fingerprint
 from sigray.errors import SigrayError, StoreError
 from sigray.lease_keeper import KeptLease
-from sigray.plan import RunPlan
+from sigray.plan import PlannedSignal, RunPlan
 from sigray.storage import open_storage
-from sigray.store import DONE, FAILED, RunStore, SignalEntry, WindowResults, read_pointer
+from sigray.store import DONE, FAILED, NewSignal, RunStore, SignalEntry, WindowResults, read_pointer
 from sigray.store.format1 import Format1Store, legacy_identity, legacy_max_digits
 from sigray.store.run_store import mismatch_error
 
 log = logging.getLogger(__name__)
 _LEASE_FILES = ("lease.json", "lease.mutex")
+# Windows registered at once: a batch holds a request (prompt, key) per window until written.
+REGISTER_WINDOWS = 8192
 
 
 @dataclass
@@ -38,9 +42,10 @@ class PreparedStore:
     store: RunStore
     lease: store_lease.Lease  # held by the run's owner
     kept: KeptLease  # renews ``lease`` until closed; check it before writing
-    entries: list[SignalEntry]  # the run's signals, in the run's order
+    entries: list[SignalEntry]  # the run's registered signals; those in ``unregistered`` join as they are added
     added_windows: int = 0  # rows the run's new signals added to the window table
     notes: list[str] = field(default_factory=list)  # what was done to the store (replaced, migrated, repaired)
+    unregistered: list[PlannedSignal] = field(default_factory=list)  # new signals the run adds as it goes
 
     @property
     def rows(self) -> np.ndarray:
@@ -50,9 +55,13 @@ class PreparedStore:
         return np.unique(np.concatenate([self.store.signal_rows(e) for e in self.entries]))
 
 
-def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore:
+def prepare_store(plan: RunPlan, owner: str, new: bool = False, first_windows: int | None = None) -> PreparedStore:
     """Open (or create, replace, migrate) the store for ``plan`` and take its lease, kept
     renewed from here on (registering a million windows outlasts the lease's time to live).
+
+    ``first_windows``: register new signals up to about this many windows (one signal at
+    least) and leave the rest in ``unregistered``, for the run to add while its first windows
+    are answered (``sigray.feed``); None registers them all.
 
     Raises StoreLockedError while another run holds the lease, ConfigMismatchError when
     the store's generation differs, StoreError for a place that is not a sigray store.
@@ -90,29 +99,43 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False) -> PreparedStore
         for held, p in ((store.signal(p.name), p) for p in changed):
             if held is not None:
                 notes.append(_new_version(held, p.signal))
-        _add_signals(store, plan, changed, kept)
-        entries = [store.signal(p.name) for p in plan.plans]
-        return PreparedStore(store, lease, kept, entries, store.n_windows - before, notes)
+        registered = 0
+        for batch in registration_batches(plan, changed, first_windows or REGISTER_WINDOWS):
+            kept.check()
+            store.add_signals(batch)
+            registered += len(batch)
+            if first_windows is not None:
+                break
+        unregistered = changed[registered:]
+        later = {p.name for p in unregistered}
+        entries = [store.signal(p.name) for p in plan.plans if p.name not in later]
+        return PreparedStore(store, lease, kept, entries, store.n_windows - before, notes, unregistered)
     except BaseException:
         kept.close()
         store_lease.release(storage, owner)
         raise
 
 
-def _add_signals(store: RunStore, plan: RunPlan, changed: list, kept: KeptLease) -> None:
-    """Register ``changed`` signals, in batches of about ``plan.memory_mb`` of requests: a
-    signal the plan does not keep is preprocessed again here and dropped once written."""
-    batch, batch_mb = [], 0.0
-    for signal_plan in changed:
-        batch.append(plan.new_signal(signal_plan))
-        batch_mb += 0.0 if signal_plan.kept else signal_plan.held_mb()
-        signal_plan.done_with()  # the batch holds its requests until they are written
-        if batch_mb > plan.memory_mb:
-            kept.check()
-            store.add_signals(batch)
-            batch, batch_mb = [], 0.0
-    kept.check()
-    store.add_signals(batch)
+def registration_batches(
+    plan: RunPlan, signals: list[PlannedSignal], max_windows: int = REGISTER_WINDOWS, max_s: float | None = None
+) -> Iterator[list[NewSignal]]:
+    """``signals`` windowed with sigllm (where not done yet) and packed for ``RunStore.add_signals``,
+    lazily: a batch ends past ``max_windows`` windows, past the plan's memory budget, or once
+    windowing it took ``max_s`` seconds, so what a batch holds (a request and a prompt per
+    window) stays bounded however large the run (issue 16.2). Raises InputError naming a
+    signal sigllm cannot window."""
+    batch, windows, held_mb, started = [], 0, 0.0, time.monotonic()
+    for signal_plan in signals:
+        batch.append(plan.new_signal(signal_plan))  # holds its requests until they are written
+        windows += signal_plan.n_windows
+        held_mb += signal_plan.held_mb()
+        plan.memory.settle(signal_plan)
+        late = max_s is not None and time.monotonic() - started > max_s
+        if windows >= max_windows or held_mb > plan.memory.mb or late:
+            yield batch
+            batch, windows, held_mb, started = [], 0, 0.0, time.monotonic()
+    if batch:
+        yield batch
 
 
 def _holds_nothing(storage) -> bool:

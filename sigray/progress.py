@@ -47,9 +47,10 @@ class ProgressDisplay:
         self.unprinted = None
         left = p.total - p.done - p.failed
         eta = f"{left / p.windows_per_s:.0f} s" if p.windows_per_s else "unknown"
+        joining = f" (and {p.signals_to_add} signal(s) still being windowed)" if p.signals_to_add else ""
         print(
-            f"{time.strftime('%H:%M:%S')} progress: {p.done}/{p.total} done, {p.failed} failed, {p.in_flight} in "
-            f"flight, {p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
+            f"{time.strftime('%H:%M:%S')} progress: {p.done}/{p.total} done{joining}, {p.failed} failed, "
+            f"{p.in_flight} in flight, {p.windows_per_s:.1f} windows/s, ETA {eta}, {p.retries} retries",
             file=sys.stderr,
             flush=True,
         )
@@ -59,8 +60,12 @@ class ProgressDisplay:
             from tqdm.auto import tqdm  # the notebook's widget in Jupyter, the terminal's bar elsewhere
 
             self.bar = tqdm(total=p.total, unit="win", desc="windows", initial=p.done + p.failed)
+        self.bar.total = p.total  # grows while signals are still being windowed
         self.bar.n = p.done + p.failed
-        self.bar.set_postfix(failed=p.failed, retries=p.retries, refresh=False)
+        postfix = {"failed": p.failed, "retries": p.retries}
+        if p.signals_to_add:
+            postfix["signals to window"] = p.signals_to_add
+        self.bar.set_postfix(postfix, refresh=False)
         self.bar.refresh()
 
     def planned(self, done: int, total: int) -> None:
@@ -72,9 +77,8 @@ class ProgressDisplay:
         self.planning_since = now if self.planning_since is None else self.planning_since
         if now - self.planning_since >= self.every_s and now - self.last >= self.every_s:
             self.last = now
-            print(
-                f"{time.strftime('%H:%M:%S')} planning: {done} of {total} signals windowed", file=sys.stderr, flush=True
-            )
+            when = time.strftime("%H:%M:%S")
+            print(f"{when} planning: {done} of {total} signals read and checked", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.unprinted is not None:  # a log ends with where the run got to

@@ -247,6 +247,8 @@ class StoreReader:
             "result_sets": [{"id": s.id, "name": s.name} for s in self.result_sets()],
             "signals": [vars(s) | {"finished": s.finished} for s in states],
             "running": held is not None and held.alive(now),
+            # Signals a live run has not registered yet (sigray.feed), as its coordinator last recorded.
+            "signals_to_add": samples[-1].get("signals_to_add", 0) if samples and held and held.alive(now) else 0,
             "lease": None if held is None else {"host": held.host, "pid": held.pid, "expires_at": held.expires_at},
         }
 

@@ -28,7 +28,8 @@ from sigray import lease as store_lease
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
 from sigray.errors import SigrayError, SigrayWarning
-from sigray.messages import Progress
+from sigray.feed import SignalFeed
+from sigray.messages import AddedSignals, Progress
 from sigray.plan import RunPlan
 from sigray.pool import CLOSE_S, WorkerPool, close_workers
 from sigray.postprocess import Detections, SignalResult
@@ -87,8 +88,10 @@ class RunResult:
     detection_changes: list[tuple[str, object, object]] = field(default_factory=list)  # vs the last set used
     reused_results: int = 0  # signals whose result for this setting was already saved
     # Seconds per phase: planning, preparing the store, windows (engines' start included;
-    # post-processing of signals that finished meanwhile overlaps it), post-processing after.
+    # post-processing of signals that finished meanwhile overlaps it), post-processing after;
+    # and ``first_batch_s``, from the end of planning until the first batch went to a worker.
     timings: dict[str, float] = field(default_factory=dict)
+    first_batch_at: float | None = None  # Unix time; None when no window was asked
 
     @property
     def anomalies(self) -> dict[str, pd.DataFrame]:
@@ -131,10 +134,13 @@ def execute(
     run's are kept for the next (their engines stay loaded); without it workers end with the run.
     """
     config = plan.config
-    started = time.monotonic()
+    started, started_at = time.monotonic(), time.time()
     with StopRequested(deadline_s) as stop:  # from here on a SIGTERM is a graceful stop
         owner = uuid.uuid4().hex
-        prepared = prepare_store(plan, owner, new=new)
+        # Computing, the run registers what new signals the first batches of windows need and
+        # adds the rest as they are answered (``sigray.feed``).
+        first_windows = 2 * config.batch_size * config.workers if compute else None
+        prepared = prepare_store(plan, owner, new=new, first_windows=first_windows)
         store = prepared.store
         timings = {"planning_s": plan.planning_s, "preparing_s": time.monotonic() - started}
         try:
@@ -142,22 +148,25 @@ def execute(
                 for note in prepared.notes:
                     log.warning("store %s: %s", store.path, note)
                 rows = prepared.rows
-                status = store.read_status()
-                result = RunResult(store=store.path, model=config.model or "", total_windows=len(rows))
+                result = RunResult(store=store.path, model=config.model or "")
+                result.resumed_windows = int(np.count_nonzero(store.read_status()[rows] != PENDING))
+                detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
+                phase = time.monotonic()
+                if compute and (result.resumed_windows < len(rows) or prepared.unregistered):
+                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections, pool)
+                timings["windows_s"] = time.monotonic() - phase
+                rows = prepared.rows  # with the signals added as the run went
+                result.total_windows = len(rows)
                 result.n_signals = len(prepared.entries)
                 result.signal_windows = sum(e.n_windows for e in prepared.entries)
                 result.added_windows = prepared.added_windows
-                result.resumed_windows = int(np.count_nonzero(status[rows] != PENDING))
-                detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
-                phase = time.monotonic()
-                if compute and result.resumed_windows < len(rows):
-                    _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections, pool)
-                timings["windows_s"] = time.monotonic() - phase
                 result.failed_windows = int(np.count_nonzero(store.read_status()[rows] == FAILED))
                 phase = time.monotonic()
                 if not result.stopped:
                     detections.finish(stop)
                 timings["post_processing_s"] = time.monotonic() - phase
+                if result.first_batch_at is not None:
+                    timings["first_batch_s"] = result.first_batch_at - started_at
                 if result.unanswered:
                     warnings.warn(_unanswered_message(result), SigrayWarning, stacklevel=2)
                 result.timings = {name: round(seconds, 3) for name, seconds in timings.items()}
@@ -194,7 +203,7 @@ def _compute(
         seed=config.seed,
         flush_interval_s=config.flush_interval_s,
         lease_timeout_s=config.lease_timeout_s,
-        signal_groups=tuple(entry.group for entry in prepared.entries),
+        signals=tuple((p.name, p.digest) for p in plan.plans),
     )
     # The run's state lives beside the driver: a lost GPU node then costs only its worker's
     # leases; if the driver's node itself dies, Ray restarts these anywhere.
@@ -227,14 +236,29 @@ def _compute(
         "runtime_env": {"env_vars": _worker_env(config.engine_options)},
     }
     kept = pool.take(spec, worker_options, config.workers) if pool is not None else {}
+
+    def joined(added: AddedSignals) -> None:
+        prepared.entries.extend(added.entries)
+        prepared.added_windows += added.added_windows
+        result.resumed_windows += added.settled
+        prepared.store.refresh()  # the coordinator wrote them
+
+    feed = SignalFeed(plan, prepared, coordinator, joined)
     supervisor = _Supervisor(coordinator, worker_options, spec, worker_settings, config, kept)
     try:
-        final = supervisor.supervise(stop, on_progress, between_checks=detections.during_run)
+
+        def between_checks() -> bool:
+            feed.step()
+            detections.during_run()
+            return not feed.done  # windowing goes on at once, between checks
+
+        final = supervisor.supervise(stop, on_progress, between_checks)
         idle = supervisor.shutdown(keep=pool is not None)  # a clean end: engines may serve the next run
     except KeyboardInterrupt:  # a second Ctrl-C: quit at once
         supervisor.shutdown(graceful=False)
         raise
     except BaseException:
+        supervisor.save()
         supervisor.shutdown()
         raise
     finally:
@@ -246,6 +270,7 @@ def _compute(
     result.retries = final.retries
     result.requeued = final.requeued
     result.windows_per_s = final.windows_per_s
+    result.first_batch_at = final.first_batch_at
     result.prompt_tokens_mean, result.prompt_tokens_max = final.prompt_tokens_mean, final.prompt_tokens_max
     result.workers_replaced = supervisor.replaced
     result.workers_reused = supervisor.reused
@@ -310,14 +335,16 @@ class _Supervisor:
         self.workers[worker_id] = worker
         self.runs[worker.run.remote(self.coordinator, self.worker_settings)] = worker_id
 
-    def supervise(self, stop: StopRequested, on_progress, between_checks: Callable[[], None]) -> Progress:
+    def supervise(self, stop: StopRequested, on_progress, between_checks: Callable[[], bool]) -> Progress:
         """Until every window is settled and saved, or a stop; ``between_checks`` runs after each
-        second's checks (post-processing the signals that finished)."""
+        second's checks (windowing signals still to add, post-processing the signals that
+        finished), and at once again while it returns True."""
         import ray
 
         finished = self.coordinator.wait_finished.remote()
+        busy = False
         while True:
-            ready, _ = ray.wait([finished, *self.runs], num_returns=1, timeout=_POLL_S)
+            ready, _ = ray.wait([finished, *self.runs], num_returns=1, timeout=0 if busy else _POLL_S)
             if finished in ready:
                 try:
                     progress = ray.get(finished)
@@ -340,7 +367,7 @@ class _Supervisor:
             progress = self._ask(self.coordinator.progress.remote(), None)
             if progress is not None and on_progress is not None:
                 on_progress(progress)
-            between_checks()
+            busy = between_checks()
 
     def _check_saved(self) -> None:
         """A run that ended (every window answered, or a stop) still failed if its last flush did:
@@ -462,6 +489,16 @@ class _Supervisor:
             return ray.get(ref, timeout=60)
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError):
             return fallback
+
+    def save(self) -> None:
+        """Stop the coordinator with a flush before the run ends on an error: what was answered
+        stays answered (best effort; a store that cannot be written is the error raised)."""
+        import ray
+
+        try:
+            ray.get(self.coordinator.stop.remote(grace_s=5.0), timeout=60)
+        except ray.exceptions.RayError:
+            pass
 
     def shutdown(self, keep: bool = False, graceful: bool = True) -> dict[str, object]:
         """End every actor of the run; with ``keep``, return the workers whose run ended cleanly

@@ -32,7 +32,7 @@ def make_store(path: str, extra: bool = False) -> str:
 
 
 def coordinator(
-    path: str, owner: str | None = None, batch_size: int = 4, max_attempts: int = 2, groups=(0, 1)
+    path: str, owner: str | None = None, batch_size: int = 4, max_attempts: int = 2, names=("a", "b")
 ) -> Coordinator:
     settings = CoordinatorSettings(
         store_path=path,
@@ -43,7 +43,7 @@ def coordinator(
         seed=7,
         flush_interval_s=3600,
         lease_timeout_s=3600,
-        signal_groups=tuple(groups),
+        signals=tuple((name, f"digest-{name}") for name in names),
     )
     return Coordinator(settings)
 
@@ -184,7 +184,7 @@ def test_a_stale_invalid_report_charges_nothing_but_a_stale_valid_one_is_kept(tm
 
 def test_seeds_depend_only_on_the_windows_content_and_attempt(tmp_path):
     c1 = coordinator(make_store(str(tmp_path / "a")))
-    c2 = coordinator(make_store(str(tmp_path / "b"), extra=True), groups=(0, 1, 2))
+    c2 = coordinator(make_store(str(tmp_path / "b"), extra=True), names=("a", "b", "c"))
     seeds = {(w, a): c1.seed_for(w, a) for w in range(N) for a in range(3)}
     assert len(set(seeds.values())) == len(seeds)
     assert all(c2.seed_for(w, a) == s for (w, a), s in seeds.items())  # other signals beside them change nothing
@@ -194,7 +194,7 @@ def test_only_the_runs_signals_are_served(tmp_path):
     path = make_store(str(tmp_path / "s"), extra=True)
 
     async def scenario():
-        c = coordinator(path, batch_size=100, groups=(2,))
+        c = coordinator(path, batch_size=100, names=("c",))
         batch = await c.lease_batch("w")
         await c.report(report(batch))
         return c, batch
@@ -246,3 +246,73 @@ def test_a_finished_run_reports_its_rate_up_to_its_last_window(tmp_path):
     assert live.windows_per_s == 0.0 and not live.finished
     assert first.finished and first.windows_per_s > 0
     assert later.windows_per_s == first.windows_per_s
+
+
+def test_signals_added_to_a_live_run_are_served_once_and_the_run_waits_for_every_one(tmp_path):
+    """The driver adds signals while windows run (issue 16.3): their windows join the queue, a
+    window another signal already has is not asked again, a repeated call (after a restart)
+    changes nothing, and the run is finished only when every signal has joined and settled."""
+    path = make_store(str(tmp_path / "s"))
+    owner = new_owner_id()
+    late = [_signal("c", range(8, 13)), _signal("d", range(50, 52))]  # c shares rows 8 and 9 with b
+
+    async def scenario():
+        c = coordinator(path, owner, batch_size=100, names=("a", "b", "c", "d"))
+        first = await c.lease_batch("w")
+        await c.report(report(first))
+        assert not c._finished.is_set()  # a and b are settled, c and d are still to join
+        assert (await c.progress()).signals_to_add == 2
+        added = await c.add_signals(late)
+        again = await c.add_signals(late)  # as after a restart: nothing written twice
+        second = await c.lease_batch("w")
+        await c.report(report(second))
+        await c.flush()
+        return c, first, added, again, second
+
+    c, first, added, again, second = run(scenario())
+    assert sorted(first.windows.tolist()) == list(range(N))
+    # c's rows 8 and 9 were b's, already the run's: 5 new rows, none settled that the run did not count
+    assert [e.name for e in added.entries] == ["c", "d"] and added.added_windows == 5 and added.settled == 0
+    assert again.entries == added.entries and again.added_windows == 0 and again.settled == 0
+    assert sorted(second.windows.tolist()) == list(range(N, N + 5))  # only the new rows
+    assert c._finished.is_set() and c.done == N + 5
+    store = RunStore.open(path)
+    assert [e.name for e in store.signals] == ["a", "b", "c", "d"] and store.n_windows == N + 5
+    assert (store.read_status() == DONE).all() and (store.read_state()[1] == 1).all()
+
+
+def test_a_restarted_coordinator_serves_the_signals_that_joined_and_waits_for_the_rest(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+    owner = new_owner_id()
+
+    async def before_the_crash():
+        c = coordinator(path, owner, batch_size=100, names=("a", "b", "c", "d"))
+        await c.add_signals([_signal("c", range(20, 23))])
+
+    async def after_it():
+        c = coordinator(path, owner, batch_size=100, names=("a", "b", "c", "d"))
+        batch = await c.lease_batch("w")
+        await c.report(report(batch))
+        waiting = not c._finished.is_set()
+        await c.add_signals([_signal("d", range(30, 31))])
+        last = await c.lease_batch("w")
+        await c.report(report(last))
+        return c, batch, waiting, last
+
+    run(before_the_crash())
+    c, batch, waiting, last = run(after_it())
+    assert sorted(batch.windows.tolist()) == list(range(N + 3))  # a, b and c, which joined before the crash
+    assert waiting and last.windows.tolist() == [N + 3] and c._finished.is_set()
+
+
+def test_another_version_of_a_signal_is_not_served_until_the_runs_version_joins(tmp_path):
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=100, names=("a",))
+        c.wanted = frozenset({("a", "digest-a"), ("b", "new-digest")})  # b was given with other data
+        batch = await c.lease_batch("w")
+        return batch, c._finished.is_set()
+
+    batch, finished = run(scenario())
+    assert sorted(batch.windows.tolist()) == list(range(6)) and not finished

@@ -32,6 +32,17 @@ def test_a_machine_booted_minutes_ago_gets_its_first_line_too(capsys, monkeypatc
     assert "progress: 1/10 done" in capsys.readouterr().err
 
 
+def test_a_run_whose_signals_are_still_being_windowed_says_so(capsys):
+    """The total grows as signals join (``sigray.feed``): the line says it is not the last word."""
+    import dataclasses
+
+    with ProgressDisplay(every_s=0) as display:
+        display(dataclasses.replace(_progress(1), signals_to_add=3))
+        display(_progress(2))
+    first, second = capsys.readouterr().err.splitlines()
+    assert "1/10 done (and 3 signal(s) still being windowed)," in first and "still" not in second
+
+
 def test_quiet_shows_nothing(capsys):
     with ProgressDisplay(quiet=True, every_s=0) as display:
         display(_progress(5))
@@ -39,14 +50,14 @@ def test_quiet_shows_nothing(capsys):
     assert capsys.readouterr().err == ""
 
 
-def test_planning_reports_each_signal_windowed(capsys):
+def test_planning_reports_each_signal_read(capsys):
     seen = []
     config = run_config("unused", {"engine": "test-double", "pipeline_params": {}})
     signals = [nab_signal("nyc_taxi"), nab_signal("cpu_utilization_asg_misconfiguration")]
     make_plan(config, signals, on_planned=lambda k, n: seen.append((k, n)))
     assert seen == [(1, 2), (2, 2)]
     ProgressDisplay(every_s=0).planned(1, 2)
-    assert "planning: 1 of 2 signals windowed" in capsys.readouterr().err
+    assert "planning: 1 of 2 signals read and checked" in capsys.readouterr().err
 
 
 def test_a_plain_process_is_no_notebook():

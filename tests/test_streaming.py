@@ -61,6 +61,95 @@ def test_a_signal_is_post_processed_while_the_others_run_and_a_crash_keeps_it(ra
     assert np.array_equal(during.anomalies[FIRST]["start"], reference.anomalies[FIRST]["start"])
 
 
+def test_windows_are_answered_while_later_signals_are_windowed_and_a_coordinator_crash_loses_none(
+    ray_session, tmp_path, monkeypatch
+):
+    """The run registers its first signals, starts the workers, and windows the rest (sigllm's
+    preprocessing) between the supervisor's checks, adding them through the coordinator
+    (issue 16.3). A coordinator killed between two additions is restarted by Ray and learns
+    from the store which signals joined; every window is answered once, and the results are
+    those of a run whose signals all joined before it began."""
+    from sigray import feed
+
+    names = [FIRST, "nyc_taxi", "machine_temperature_system_failure", SECOND]
+    signals = [nab_signal(name) for name in names]
+    reference = sigray.run(signals, str(tmp_path / "reference"), engine="test-double", batch_size=10**4)
+    monkeypatch.setattr(feed, "REGISTER_WINDOWS", 150)  # a signal a step: nyc_taxi, machine_temperature, ambient
+    seen = []
+    step = feed.SignalFeed.step
+
+    def observed_step(self):
+        if not self.done:
+            progress = ray_session.get(self.coordinator.progress.remote())
+            seen.append((progress.done, progress.signals_to_add))
+            if len(seen) == 2:
+                ray_session.kill(self.coordinator, no_restart=False)  # Ray restarts it
+            if self.left == 1:  # before the last signal joins, windows of the first are answered
+                deadline = time.monotonic() + 120
+                while ray_session.get(self.coordinator.progress.remote()).done == 0:
+                    assert time.monotonic() < deadline, "no window answered while signals were still to join"
+                    time.sleep(0.1)
+                seen.append((ray_session.get(self.coordinator.progress.remote()).done, 1))
+                while not sigray.open(store).status()["signals_to_add"]:  # as `sigray status` shows it
+                    assert time.monotonic() < deadline, "the store never said signals are still to join"
+                    time.sleep(0.1)
+        step(self)
+
+    store = str(tmp_path / "run")
+    monkeypatch.setattr(feed.SignalFeed, "step", observed_step)
+    result = sigray.run(signals, store, engine="test-double", batch_size=8, flush_interval_s=0.2)
+
+    assert [to_add for _, to_add in seen[:2]] == [3, 2] and seen[-1][0] > 0  # answers came before the last joined
+    assert result.complete and result.total_windows == reference.total_windows == result.computed_windows
+    assert result.n_signals == 4 and result.signal_windows == reference.signal_windows
+    opened = RunStore.open(store)
+    assert [e.name for e in opened.signals] == names and opened.n_windows == reference.total_windows
+    status, attempts = opened.read_state()
+    assert (status != PENDING).all() and (attempts == 1).all()  # none asked twice (the test double's answers are valid)
+    assert list(result.signals) == names and sigray.open(store).status()["signals_to_add"] == 0
+    for name in names:
+        pd.testing.assert_frame_equal(result.anomalies[name], reference.anomalies[name])
+
+
+def test_a_signal_sigllm_fails_to_window_mid_run_is_named_and_the_answers_before_it_are_kept(
+    ray_session, tmp_path, monkeypatch
+):
+    """Checks refuse bad signals before anything starts; a failure they do not foresee comes
+    when the signal is windowed, while the first signals' windows run (issue 16.3)."""
+    from sigray import feed
+    from sigray.errors import InputError
+    from sigray.pipelines.sigllm_pipeline import SigllmPipeline
+
+    windowing = SigllmPipeline.plan
+
+    def fails_on_taxi(self, signal, normal=None):  # a test double of a sigllm failure no check foresees
+        if signal.name == "nyc_taxi":
+            raise InputError("sigllm could not window signal 'nyc_taxi'.")
+        return windowing(self, signal, normal)
+
+    step = feed.SignalFeed.step
+
+    def after_some_answers(self):
+        deadline = time.monotonic() + 120
+        while ray_session.get(self.coordinator.progress.remote()).done == 0:
+            assert time.monotonic() < deadline, "no window answered"
+            time.sleep(0.1)
+        step(self)
+
+    monkeypatch.setattr(SigllmPipeline, "plan", fails_on_taxi)
+    monkeypatch.setattr(feed.SignalFeed, "step", after_some_answers)
+    store = str(tmp_path / "run")
+    with pytest.raises(InputError, match="'nyc_taxi'.* The windows answered so far are saved: fix the signal or leave"):
+        # No flush during the run: what is saved, the end of the run saved (issue: "never destroys work").
+        settings = {"batch_size": 8, "flush_interval_s": 600, "store_lease_s": 1200}
+        sigray.run([nab_signal(FIRST), nab_signal("nyc_taxi")], store, engine="test-double", **settings)
+    saved = int(np.count_nonzero(RunStore.open(store).read_status() != PENDING))
+    monkeypatch.undo()
+    rerun = sigray.run([nab_signal(FIRST)], store, engine="test-double", batch_size=8)
+    assert saved > 0 and rerun.complete and rerun.resumed_windows == saved  # none of them asked again
+    assert rerun.computed_windows == rerun.total_windows - saved
+
+
 def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, monkeypatch):
     """Many signals left at a run's end go to Ray tasks (``TASKS_FROM``); the driver only saves."""
     from sigray import postprocess
@@ -90,25 +179,34 @@ def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, 
 def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_the_same(
     ray_session, tmp_path, monkeypatch
 ):
-    """Past ``PLAN_MEMORY_MB`` a signal's preprocessing (prompts, windows, context) is dropped
-    after planning and made again where it is used: written to the store in batches, and
-    post-processed; the results are those of a run that kept everything (issue 16.2)."""
-    from sigray import api
+    """Planning reads and checks; sigllm windows a signal where it is first used (registered).
+    Past ``PLAN_MEMORY_MB`` a signal's preprocessing (prompts, windows, context) is dropped
+    after that and made again where it is used next (post-processed), and registration goes
+    in batches; the results are those of a run that kept everything (issue 16.2)."""
+    from sigray import api, feed, prepare
     from sigray.plan import make_plan
 
     signals = [nab_signal(name) for name in (FIRST, "nyc_taxi", "machine_temperature_system_failure")]
     kept_all = sigray.run(signals, str(tmp_path / "kept"), engine="test-double", batch_size=64, progress=False)
     monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", "1")  # more than the first signal's, less than nyc_taxi's
     batches = []
-    add_signals = RunStore.add_signals
-    monkeypatch.setattr(RunStore, "add_signals", lambda store, new: batches.append(len(new)) or add_signals(store, new))
-    plan = make_plan(api.run_config(str(tmp_path / "bounded"), {"engine": "test-double", "batch_size": 64}), signals)
-    assert plan.plans[0].kept and not plan.plans[1].kept  # nyc_taxi's 700-odd windows are past 1 MB
-    assert [p.is_preprocessed for p in plan.plans] == [p.kept for p in plan.plans]
-    assert [p.holds_data for p in plan.plans] == [p.kept for p in plan.plans]  # files are read again where used
+    made = prepare.registration_batches
+
+    def recorded(*args, **kwargs):
+        for batch in made(*args, **kwargs):
+            batches.append(len(batch))
+            yield batch
+
+    monkeypatch.setattr(prepare, "registration_batches", recorded)
+    monkeypatch.setattr(feed, "registration_batches", recorded)
+    # Batches of 10,000 windows: the first registration would hold every signal but for the budget.
+    plan = make_plan(api.run_config(str(tmp_path / "bounded"), {"engine": "test-double", "batch_size": 10**4}), signals)
+    assert not any(p.is_preprocessed for p in plan.plans)
+    assert all(p.kept and p.holds_data for p in plan.plans)  # the data alone fits in 1 MB
     bounded = api.run_plan(plan)
     assert bounded.complete and bounded.total_windows == kept_all.total_windows
-    assert len(batches) > 1  # registered in batches, not all at once
+    assert not plan.plans[1].kept  # nyc_taxi's 700-odd windows are past 1 MB
+    assert len(batches) > 1  # registered in batches of about the budget, not all at once
     assert not any(p.is_preprocessed or p.holds_data for p in plan.plans if not p.kept)  # dropped after each use
     for name, result in kept_all.signals.items():
         pd.testing.assert_frame_equal(bounded.signals[name].anomalies, result.anomalies)
@@ -161,3 +259,32 @@ def test_the_window_table_index_finds_each_key_its_row_and_nothing_else():
     assert rows[:100].tolist() == list(range(500, 600)) and (rows[100:200] == -1).all()
     assert (rows[200:250] == -1).all() and rows[250:].tolist() == [3, 3, 15]
     assert (KeyIndex(table[:0]).rows(asked) == -1).all()
+    grown = KeyIndex(table[:0])
+    for start, stop in ((0, 1), (1, 400), (400, 600)):  # a table registered in batches keeps one index
+        grown.add(table[start:stop])
+    assert np.array_equal(grown.rows(asked), rows) and len(grown) == 600
+
+
+def test_registering_in_batches_reads_the_tables_keys_once(tmp_path, monkeypatch):
+    """The writer keeps the window table's key index between registrations (a run of a million
+    windows registers in over a hundred batches); rows are those of one registration."""
+    from sigray.store import run_store
+    from tests.test_coordinator import _signal
+
+    def make(path):
+        return RunStore.create(path, {"x": 1}, "fp", config={}, n_samples=1, horizon=1, chunk_windows=4)
+
+    batches = [[_signal("a", range(6))], [_signal("b", range(4, 9))], [_signal("c", range(2, 12))]]
+    built = []
+    index = run_store.KeyIndex
+    monkeypatch.setattr(run_store, "KeyIndex", lambda keys: built.append(len(keys)) or index(keys))
+    store = make(str(tmp_path / "batches"))
+    for batch in batches:
+        store.add_signals(batch)
+    assert built == [0]  # once, when the table was empty
+    at_once = make(str(tmp_path / "at-once"))
+    at_once.add_signals([s for batch in batches for s in batch])
+    assert store.n_windows == at_once.n_windows == 12
+    for entry in at_once.signals:
+        assert np.array_equal(store.signal_rows(store.signal(entry.name)), at_once.signal_rows(entry))
+    assert np.array_equal(store._read("windows/key"), at_once._read("windows/key"))

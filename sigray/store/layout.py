@@ -92,6 +92,18 @@ class KeyIndex:
         self._order = np.argsort(as_values, kind="stable")
         self._sorted = as_values[self._order]
 
+    def __len__(self) -> int:
+        return len(self._sorted)
+
+    def add(self, keys: np.ndarray) -> None:
+        """Index ``keys`` (``uint64 [k, 2]``, none indexed yet) as the rows after the last:
+        a table that grows keeps its index, without reading every key again."""
+        new = np.ascontiguousarray(keys, dtype="<u8").view(_KEY).ravel()
+        order = np.argsort(new, kind="stable")
+        at = np.searchsorted(self._sorted, new[order])
+        self._order = np.insert(self._order, at, len(self._sorted) + order)
+        self._sorted = np.insert(self._sorted, at, new[order])
+
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """The row of each of ``keys`` (``uint64 [k, 2]``), -1 where the table lacks it."""
         wanted = np.ascontiguousarray(keys, dtype="<u8").view(_KEY).ravel()

@@ -148,12 +148,22 @@ class RunStore:
         self.read_only = read_only
         self.meta = dict(group.attrs[_ATTRS])
         self._signal_rows: dict[int, np.ndarray] = {}
+        self._key_index: KeyIndex | None = None  # the window table's keys, kept by the writer between registrations
         self._session = uuid.uuid4().hex[:8]  # tags this writer's progress samples
         self._progress: list[dict] | None = None
 
     @property
     def path(self) -> str:
         return self.storage.url
+
+    def refresh(self) -> None:
+        """Read the registry again: the run's coordinator registers signals while windows run."""
+        mode = "r" if self.read_only else "r+"
+        self.group = zarr_module().open_group(
+            self.storage.zarr_store(read_only=self.read_only), path=self.generation, mode=mode
+        )
+        self.meta = dict(self.group.attrs[_ATTRS])
+        self._key_index = None
 
     # -- opening ------------------------------------------------------------
 
@@ -346,7 +356,9 @@ class RunStore:
         if not new:
             return {}
         n = self.n_windows
-        held = KeyIndex(self._read("windows/key", slice(0, n)))
+        held, self._key_index = self._key_index, None  # kept again once this call has committed
+        if held is None or len(held) != n:
+            held = KeyIndex(self._read("windows/key", slice(0, n)))
         fresh: list[WindowRequest] = []
         row_of_fresh: dict[bytes, int] = {}  # this call's new rows: no more than the requests it holds
         entries, next_group = {}, int(self.meta["next_group"])
@@ -376,6 +388,8 @@ class RunStore:
         replaced = [s for s in self.signals if s.name in entries]
         registry = [s for s in self.signals if s.name not in entries] + list(entries.values())
         self._commit(n_windows=n + len(fresh), signals=[s.to_json() for s in registry], next_group=next_group)
+        held.add(keys_to_array([r.key for r in fresh]))
+        self._key_index = held  # the next call (a run registers in batches) reads no key again
         for old in replaced:  # a new version's predecessor: its data and results are stale
             self.storage.remove_prefix(f"{self.generation}/signals/{old.group}")
             for key in self.storage.list(f"{self.generation}/results"):
@@ -431,6 +445,7 @@ class RunStore:
         are left blank, and rewritten by the first run whose plan knows them. Returns one
         line per repair.
         """
+        self._key_index = None  # keys may be rewritten
         removed = self.storage.remove_partial_writes()
         notes = [f"removed {removed} temporary file(s) of interrupted writes"] if removed else []
         for chunk in range(-(-self.n_windows // self.chunk_windows)):
@@ -605,9 +620,12 @@ class RunStore:
             for chunk, contents in chunks.items():
                 self.group[f"windows/{name}"][self._chunk_slice(chunk)] = contents
 
-    def record_progress(self, done: int, failed: int, prompt_tokens: list[int] | None = None) -> None:
+    def record_progress(
+        self, done: int, failed: int, prompt_tokens: list[int] | None = None, signals_to_add: int = 0
+    ) -> None:
         """Append (time, done, failed) to ``progress.json``, keeping the last few samples, with
-        this session's prompt tokens (windows counted, their tokens, the most in one) if counted.
+        this session's prompt tokens (windows counted, their tokens, the most in one) if counted,
+        and the run's signals not registered yet, if any (``sigray.feed``).
 
         Best effort: progress is for people watching, so a failure to write it is logged and
         never stops a run. Samples carry this writer's session, so a rate is never measured
@@ -623,6 +641,8 @@ class RunStore:
                     "total": prompt_tokens[1],
                     "max": prompt_tokens[2],
                 }
+            if signals_to_add:
+                sample["signals_to_add"] = signals_to_add
             self._progress = [*self._progress, sample][-PROGRESS_SAMPLES:]
             payload = json.dumps({"samples": self._progress}).encode()
             self.storage.write(f"{self.generation}/{PROGRESS_FILE}", payload)
@@ -651,6 +671,8 @@ def parse_progress(data: bytes | None) -> list[dict]:
             sample["session"] = str(s["session"])
             if isinstance(s.get("prompt_tokens"), dict):
                 sample["prompt_tokens"] = {k: int(s["prompt_tokens"][k]) for k in ("windows", "total", "max")}
+            if "signals_to_add" in s:
+                sample["signals_to_add"] = int(s["signals_to_add"])
             parsed.append(sample)
         return parsed
     except (ValueError, TypeError, KeyError):

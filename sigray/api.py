@@ -54,7 +54,7 @@ def run(
     Raises InputError, ConfigError, ModelNotFoundError or StoreError before anything is
     written or any engine starts when the input, settings, model or store cannot be used.
     sigllm windows the signals as the run goes (the first before it starts): a failure its
-    checks do not foresee is an InputError naming the signal, with the answers so far saved.
+    checks do not foresee is a SigrayError naming the signal, with the answers so far saved.
     """
     if not isinstance(progress, bool):
         raise ConfigError(f"progress must be True or False, not {progress!r}.")

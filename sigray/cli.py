@@ -183,8 +183,10 @@ def _windows_line(runs) -> str:
 
 def _resumable_line(result) -> str:
     done = result.resumed_windows + result.computed_windows
-    all_done = done == result.total_windows
+    all_done = done == result.total_windows and not result.unregistered
     post = f", {len(result.signals)} of {result.n_signals} signals post-processed" if all_done else ""
+    if result.unregistered:  # their windows are not counted: nobody has made them yet
+        post = f" (and {len(result.unregistered)} more signal(s) not windowed yet)"
     return f"resumable: {done} of {result.total_windows} windows done{post}; run the same command to resume."
 
 

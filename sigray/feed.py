@@ -38,16 +38,14 @@ class SignalFeed:
 
     def step(self) -> None:
         """Window the next signals (about ``STEP_S`` of it) and add them to the run. Raises
-        InputError for a signal sigllm cannot window, SigrayError when the store cannot take
+        SigrayError for a signal sigllm cannot window (naming it), when the store cannot take
         them (the coordinator's reason) or the coordinator stays unreachable."""
         if self.done:
             return
         try:
             batch = next(self.batches)
-        except InputError as exc:
-            raise InputError(
-                f"{exc} The windows answered so far are saved: fix the signal or leave it out, and run again."
-            ) from None
+        except InputError as exc:  # not exit 2: the run had started (README: exit codes)
+            raise SigrayError(f"{exc} (The windows answered so far are saved.)") from None
         added = self._add(batch)
         self.left -= len(batch)
         self.on_joined(added)

@@ -47,6 +47,17 @@ class PreparedStore:
     notes: list[str] = field(default_factory=list)  # what was done to the store (replaced, migrated, repaired)
     unregistered: list[PlannedSignal] = field(default_factory=list)  # new signals the run adds as it goes
 
+    def register_next(self, plan: RunPlan) -> None:
+        """Window and register the next batch of ``unregistered`` here (the run's one writer
+        until its coordinator starts)."""
+        batch = next(registration_batches(plan, self.unregistered))
+        before = self.store.n_windows
+        self.kept.check()
+        entries = self.store.add_signals(batch)
+        self.entries += [entries[s.name] for s in batch]
+        self.unregistered = self.unregistered[len(batch) :]
+        self.added_windows += self.store.n_windows - before
+
     @property
     def rows(self) -> np.ndarray:
         """Every row the run's signals use, once."""

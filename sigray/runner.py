@@ -67,6 +67,7 @@ class RunResult:
     model: str = ""
     signals: dict[str, SignalResult] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)  # signals left without a result (windows still pending)
+    unregistered: list[str] = field(default_factory=list)  # of those, signals a stop left unwindowed
     n_signals: int = 0
     total_windows: int = 0
     signal_windows: int = 0
@@ -152,9 +153,17 @@ def execute(
                 result.resumed_windows = int(np.count_nonzero(store.read_status()[rows] != PENDING))
                 detections = Detections(plan, store, prepared.entries, result, kept, config.flush_interval_s)
                 phase = time.monotonic()
-                if compute and (result.resumed_windows < len(rows) or prepared.unregistered):
+                while compute and prepared.unregistered and result.resumed_windows == len(rows):
+                    # Nothing to ask yet (the first signals' windows are all in the store): window more
+                    # here, and start Ray only if some window is new (a renamed copy asks nothing).
+                    prepared.register_next(plan)
+                    rows = prepared.rows
+                    result.resumed_windows = int(np.count_nonzero(store.read_status()[rows] != PENDING))
+                if compute and result.resumed_windows < len(rows):
                     _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections, pool)
                 timings["windows_s"] = time.monotonic() - phase
+                result.unregistered = [p.name for p in prepared.unregistered]  # a stop came first
+                result.missing += result.unregistered
                 rows = prepared.rows  # with the signals added as the run went
                 result.total_windows = len(rows)
                 result.n_signals = len(prepared.entries)
@@ -238,6 +247,8 @@ def _compute(
     kept = pool.take(spec, worker_options, config.workers) if pool is not None else {}
 
     def joined(added: AddedSignals) -> None:
+        names = {entry.name for entry in added.entries}
+        prepared.unregistered = [p for p in prepared.unregistered if p.name not in names]
         prepared.entries.extend(added.entries)
         prepared.added_windows += added.added_windows
         result.resumed_windows += added.settled
@@ -270,7 +281,7 @@ def _compute(
     result.retries = final.retries
     result.requeued = final.requeued
     result.windows_per_s = final.windows_per_s
-    result.first_batch_at = final.first_batch_at
+    result.first_batch_at = supervisor.first_batch_at or final.first_batch_at
     result.prompt_tokens_mean, result.prompt_tokens_max = final.prompt_tokens_mean, final.prompt_tokens_max
     result.workers_replaced = supervisor.replaced
     result.workers_reused = supervisor.reused
@@ -305,6 +316,7 @@ class _Supervisor:
         self.runs: dict[object, str] = {}
         self.placed: set[str] = set(kept or {})  # workers whose process was ever up (an engine to close)
         self.created_at = time.monotonic()
+        self.first_batch_at: float | None = None  # Unix time the run's first batch was leased, as first seen
         self.warned_placement = False
         self.replaced = 0
         self.reused = len(kept or {})
@@ -365,6 +377,8 @@ class _Supervisor:
                 self._check_saved()
                 return progress
             progress = self._ask(self.coordinator.progress.remote(), None)
+            if progress is not None:  # the first incarnation's: a restarted coordinator's first batch is later
+                self.first_batch_at = self.first_batch_at or progress.first_batch_at
             if progress is not None and on_progress is not None:
                 on_progress(progress)
             busy = between_checks()

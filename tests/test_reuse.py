@@ -169,6 +169,21 @@ def test_a_run_with_nothing_to_compute_starts_no_ray(tmp_path, ray_must_not_star
     assert (status == DONE).all()
 
 
+def test_signals_whose_windows_are_all_answered_under_other_names_start_no_ray(tmp_path, ray_must_not_start):
+    """A run registers its first signals before Ray starts and the rest as windows run; when the
+    first ask nothing, it registers more first, and starts Ray only if some window is new."""
+    store = str(tmp_path / "run")
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "data", "format1", "finished"), store)
+    signal = os.path.join(os.path.dirname(__file__), "data", "format1", "art_load_balancer_spikes.csv")
+    hourly = {"mlstars.custom.timeseries_preprocessing.time_segments_aggregate#1": {"interval": 3600}}
+    settings = {"max_attempts": 2, "batch_size": 1, "chunk_windows": 64, "pipeline_params": hourly}
+    sigray.run([signal], store, engine="test-double", engine_options={"garbage_rate": 0.05}, **settings)  # migrated
+    copies = [(f"copy{k}", signal) for k in range(3)]  # the same data under new names: nothing to ask
+    result = sigray.run(copies, store, engine="test-double", engine_options={"garbage_rate": 0.05}, **settings)
+    assert result.complete and result.computed_windows == 0 and list(result.signals) == ["copy0", "copy1", "copy2"]
+    assert [e.name for e in RunStore.open(store).signals] == ["art_load_balancer_spikes", "copy0", "copy1", "copy2"]
+
+
 def test_a_resumed_run_preprocesses_only_the_signals_it_post_processes(tmp_path, monkeypatch, ray_must_not_start):
     """sigllm's preprocessing (most of a resumed run's time at hundreds of signals) runs again only
     for a signal whose post-processing runs again: not for the same command, once for a new setting."""

@@ -117,7 +117,7 @@ def test_a_signal_sigllm_fails_to_window_mid_run_is_named_and_the_answers_before
     """Checks refuse bad signals before anything starts; a failure they do not foresee comes
     when the signal is windowed, while the first signals' windows run (issue 16.3)."""
     from sigray import feed
-    from sigray.errors import InputError
+    from sigray.errors import InputError, SigrayError
     from sigray.pipelines.sigllm_pipeline import SigllmPipeline
 
     windowing = SigllmPipeline.plan
@@ -139,7 +139,7 @@ def test_a_signal_sigllm_fails_to_window_mid_run_is_named_and_the_answers_before
     monkeypatch.setattr(SigllmPipeline, "plan", fails_on_taxi)
     monkeypatch.setattr(feed.SignalFeed, "step", after_some_answers)
     store = str(tmp_path / "run")
-    with pytest.raises(InputError, match="'nyc_taxi'.* The windows answered so far are saved: fix the signal or leave"):
+    with pytest.raises(SigrayError, match=r"'nyc_taxi'. \(The windows answered so far are saved.\)"):
         # No flush during the run: what is saved, the end of the run saved (issue: "never destroys work").
         settings = {"batch_size": 8, "flush_interval_s": 600, "store_lease_s": 1200}
         sigray.run([nab_signal(FIRST), nab_signal("nyc_taxi")], store, engine="test-double", **settings)
@@ -288,3 +288,14 @@ def test_registering_in_batches_reads_the_tables_keys_once(tmp_path, monkeypatch
     for entry in at_once.signals:
         assert np.array_equal(store.signal_rows(store.signal(entry.name)), at_once.signal_rows(entry))
     assert np.array_equal(store._read("windows/key"), at_once._read("windows/key"))
+
+
+def test_a_stopped_runs_last_line_counts_the_signals_not_windowed_yet():
+    """A stop can come before every signal was windowed: their windows are not in the total."""
+    from sigray.cli import _resumable_line
+    from sigray.runner import RunResult
+
+    stopped = RunResult(store="s", total_windows=138, computed_windows=24, n_signals=1, unregistered=["b", "c"])
+    assert _resumable_line(stopped) == (
+        "resumable: 24 of 138 windows done (and 2 more signal(s) not windowed yet); run the same command to resume."
+    )

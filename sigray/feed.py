@@ -24,17 +24,18 @@ _CALL_TIMEOUT_S = 300.0  # one batch's registration, on a slow object store
 
 
 class SignalFeed:
-    """Adds ``prepared.unregistered`` to the run's coordinator, one batch per ``step``."""
+    """Adds ``prepared.unregistered`` to the run's coordinator, one batch per ``step``, and
+    records each batch in ``prepared`` (then tells ``on_joined``)."""
 
     def __init__(self, plan: RunPlan, prepared: PreparedStore, coordinator, on_joined: Callable[[AddedSignals], None]):
-        self.left = len(prepared.unregistered)
-        self.batches = registration_batches(plan, prepared.unregistered, REGISTER_WINDOWS, max_s=STEP_S)
+        self.prepared = prepared
+        self.batches = registration_batches(plan, list(prepared.unregistered), REGISTER_WINDOWS, max_s=STEP_S)
         self.coordinator = coordinator
         self.on_joined = on_joined
 
     @property
     def done(self) -> bool:
-        return self.left == 0
+        return not self.prepared.unregistered
 
     def step(self) -> None:
         """Window the next signals (about ``STEP_S`` of it) and add them to the run. Raises
@@ -47,7 +48,7 @@ class SignalFeed:
         except InputError as exc:  # not exit 2: the run had started (README: exit codes)
             raise SigrayError(f"{exc} (The windows answered so far are saved.)") from None
         added = self._add(batch)
-        self.left -= len(batch)
+        self.prepared.joined(added.entries, added.added_windows)
         self.on_joined(added)
 
     def _add(self, batch: list) -> AddedSignals:

@@ -47,16 +47,21 @@ class PreparedStore:
     notes: list[str] = field(default_factory=list)  # what was done to the store (replaced, migrated, repaired)
     unregistered: list[PlannedSignal] = field(default_factory=list)  # new signals the run adds as it goes
 
-    def register_next(self, plan: RunPlan) -> None:
+    def register_next(self, plan: RunPlan, max_windows: int = REGISTER_WINDOWS) -> None:
         """Window and register the next batch of ``unregistered`` here (the run's one writer
         until its coordinator starts)."""
-        batch = next(registration_batches(plan, self.unregistered))
+        batch = next(registration_batches(plan, self.unregistered, max_windows))
         before = self.store.n_windows
         self.kept.check()
         entries = self.store.add_signals(batch)
-        self.entries += [entries[s.name] for s in batch]
-        self.unregistered = self.unregistered[len(batch) :]
-        self.added_windows += self.store.n_windows - before
+        self.joined([entries[s.name] for s in batch], self.store.n_windows - before)
+
+    def joined(self, entries: list[SignalEntry], added_windows: int) -> None:
+        """``entries`` were registered (here, or by the run's coordinator), growing the table by ``added_windows``."""
+        names = {entry.name for entry in entries}
+        self.unregistered = [p for p in self.unregistered if p.name not in names]
+        self.entries += entries
+        self.added_windows += added_windows
 
     @property
     def rows(self) -> np.ndarray:
@@ -105,22 +110,18 @@ def prepare_store(plan: RunPlan, owner: str, new: bool = False, first_windows: i
             if removed:
                 notes.append(f"removed what an interrupted replacement left: {', '.join(removed)}")
         notes += store.repair(_KnownRequests(plan, store))
-        before = store.n_windows
         changed = [p for p in plan.plans if _registered_digest(store, p.name) != p.digest]
         for held, p in ((store.signal(p.name), p) for p in changed):
             if held is not None:
                 notes.append(_new_version(held, p.signal))
-        registered = 0
-        for batch in registration_batches(plan, changed, first_windows or REGISTER_WINDOWS):
-            kept.check()
-            store.add_signals(batch)
-            registered += len(batch)
+        new_names = {p.name for p in changed}
+        held = [store.signal(p.name) for p in plan.plans if p.name not in new_names]
+        prepared = PreparedStore(store, lease, kept, held, notes=notes, unregistered=changed)
+        while prepared.unregistered:
+            prepared.register_next(plan, first_windows or REGISTER_WINDOWS)
             if first_windows is not None:
                 break
-        unregistered = changed[registered:]
-        later = {p.name for p in unregistered}
-        entries = [store.signal(p.name) for p in plan.plans if p.name not in later]
-        return PreparedStore(store, lease, kept, entries, store.n_windows - before, notes, unregistered)
+        return prepared
     except BaseException:
         kept.close()
         store_lease.release(storage, owner)

@@ -247,10 +247,6 @@ def _compute(
     kept = pool.take(spec, worker_options, config.workers) if pool is not None else {}
 
     def joined(added: AddedSignals) -> None:
-        names = {entry.name for entry in added.entries}
-        prepared.unregistered = [p for p in prepared.unregistered if p.name not in names]
-        prepared.entries.extend(added.entries)
-        prepared.added_windows += added.added_windows
         result.resumed_windows += added.settled
         prepared.store.refresh()  # the coordinator wrote them
 

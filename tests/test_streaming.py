@@ -84,7 +84,7 @@ def test_windows_are_answered_while_later_signals_are_windowed_and_a_coordinator
             seen.append((progress.done, progress.signals_to_add))
             if len(seen) == 2:
                 ray_session.kill(self.coordinator, no_restart=False)  # Ray restarts it
-            if self.left == 1:  # before the last signal joins, windows of the first are answered
+            if len(self.prepared.unregistered) == 1:  # before the last signal joins, windows of the first are answered
                 deadline = time.monotonic() + 120
                 while ray_session.get(self.coordinator.progress.remote()).done == 0:
                     assert time.monotonic() < deadline, "no window answered while signals were still to join"

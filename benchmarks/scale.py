@@ -14,8 +14,9 @@ microseconds, so what is measured is sigray and sigllm around the windows), batc
    meanwhile; post-processing after);
 2. **rerun**: the same command again, everything saved: nothing to compute.
 
-``--driver-only`` post-processes every signal in the driver (no Ray tasks at the run's end),
-to compare with the default in the same session. ``--plan-memory-mb M`` sets the driver's
+``--tasks never|always`` windows and post-processes every signal in the driver, or in Ray
+tasks whatever the CPUs (``SIGRAY_TASKS``; the default, auto, uses tasks only with 4 CPUs to
+spare beside the workers), to compare them in one session. ``--plan-memory-mb M`` sets the driver's
 budget for preprocessed signals (``SIGRAY_PLAN_MEMORY_MB``, default 1024): past it a signal's
 prompts are made again where they are used, so the driver's peak stays near M (issue 16.2):
 
@@ -85,13 +86,14 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=20_000)
     parser.add_argument("--out", default="runs/scale")
     parser.add_argument(
-        "--driver-only",
-        action="store_true",
-        help="post-process in the driver alone (no Ray tasks), to compare with the default",
+        "--tasks",
+        choices=["auto", "always", "never"],
+        default="auto",
+        help="SIGRAY_TASKS: window and post-process in Ray tasks (always), in the driver (never), or by CPUs (auto)",
     )
     parser.add_argument("--plan-memory-mb", type=float, help="SIGRAY_PLAN_MEMORY_MB for the runs (default 1024)")
     args = parser.parse_args()
-    env = {"SIGRAY_POST_PROCESSING_TASKS_FROM": str(10**9)} if args.driver_only else {}
+    env = {"SIGRAY_TASKS": args.tasks}
     if args.plan_memory_mb is not None:
         env["SIGRAY_PLAN_MEMORY_MB"] = str(args.plan_memory_mb)
     counts = args.signals or [10, 100, 500]

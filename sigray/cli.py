@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import logging
@@ -24,12 +25,15 @@ EXIT_BROKEN_PIPE = 141  # the reader of our output went away (`sigray status | h
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_LogFormat())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     with warnings.catch_warnings():
         warnings.simplefilter("always", SigrayWarning)
         warnings.showwarning = _show_warning
         try:
-            return args.command(args)
+            with _stdout_for_json_only(args):
+                return args.command(args)
         except SigrayError as exc:
             print(f"sigray: error: {exc}", file=sys.stderr)
             return EXIT_USAGE if _is_usage_error(exc) else EXIT_ERROR
@@ -40,6 +44,45 @@ def main(argv: list[str] | None = None) -> int:
             # Nobody reads the rest: say nothing more (Python would print a traceback at exit).
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_BROKEN_PIPE
+
+
+class _LogFormat(logging.Formatter):
+    """sigray's own log lines read as its other messages ("sigray: warning: ..."); other
+    libraries' keep their level and name."""
+
+    def __init__(self):
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name.split(".")[0] == "sigray":
+            return f"sigray: {record.levelname.lower()}: {record.getMessage()}"
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def _stdout_for_json_only(args):
+    """With ``--json``, stdout carries the JSON alone (``args.stdout``): what else prints
+    meanwhile, as Ray's lines about a worker that died, goes to stderr, until Ray is left."""
+    args.stdout = sys.stdout
+    if not getattr(args, "json", False):
+        yield
+        return
+    ray_was_up = _ray_is_up()  # a caller's (main() called in a process already on Ray): left up
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            yield
+        finally:
+            if _ray_is_up() and not ray_was_up:
+                sys.modules["ray"].shutdown()  # its log thread prints until then
+
+
+def _ray_is_up() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
+def _print_json(args, value, indent: int | None = 2) -> None:
+    print(json.dumps(value, indent=indent), file=args.stdout, flush=True)
 
 
 _default_showwarning = warnings.showwarning
@@ -133,7 +176,7 @@ def cmd_benchmark(args) -> int:
         records = {key: json.loads(table.to_json(orient="records")) for key, table in tables.items()}
         summary = {"complete": board.complete, "stopped": board.stopped, "method": board.method}
         summary["stores"] = list(board.runs)
-        print(json.dumps({**summary, **records, "files": written}))
+        _print_json(args, {**summary, **records, "files": written}, indent=None)
     elif not args.quiet:
         # weighted tp/fp/fn are seconds (Orion's contextual matrix): whole numbers print whole
         number = lambda v: f"{v:.0f}" if abs(v) >= 1000 or float(v).is_integer() else f"{v:.3f}"  # noqa: E731
@@ -206,10 +249,13 @@ def _report(result, args, picture: str | None = None) -> int:
     an error: the work is saved). Exit 75 for a stop, 3 when signals lack results."""
     if result.stopped:
         line = _resumable_line(result)
-        print(json.dumps({**_result_json(result), "stopped": True, "message": line}, indent=2) if args.json else line)
+        if args.json:
+            _print_json(args, {**_result_json(result), "stopped": True, "message": line})
+        else:
+            print(line)
         return EXIT_RESUMABLE
     if args.json:
-        print(json.dumps({**_result_json(result), "picture": picture}, indent=2))
+        _print_json(args, {**_result_json(result), "picture": picture})
     elif not args.quiet:
         _print_result(result)
         if picture:
@@ -358,6 +404,8 @@ def _result_json(result) -> dict:
         "resumed": result.resumed_windows,
         "failed": result.failed_windows,
         "retries": result.retries,
+        "requeued": result.requeued,
+        "workers_replaced": result.workers_replaced,
         "elapsed_s": round(result.elapsed_s, 3),
         "timings": result.timings,
         "prompt_tokens": None
@@ -406,7 +454,7 @@ def cmd_status(args) -> int:
 
     status = open_store(args.store).status(args.set)
     if args.json:
-        print(json.dumps(status, indent=2))
+        _print_json(args, status)
         return 0
     state = "running" if status["running"] else "not running"
     print(f"{status['store']}: {status['pipeline']} on {status['model']} ({state})")
@@ -561,7 +609,9 @@ def cmd_evaluate(args) -> int:
         missing.extend(name for name in results.missing if name not in missing)
     table = pd.concat(scored, ignore_index=True) if scored else pd.DataFrame()
     if args.json:
-        print(json.dumps({"complete": not incomplete, "missing_signals": missing, "scores": table.to_dict("records")}))
+        _print_json(
+            args, {"complete": not incomplete, "missing_signals": missing, "scores": table.to_dict("records")}, None
+        )
     else:
         print(
             table.to_string(index=False, float_format=lambda v: f"{v:.3f}") if len(table) else "nothing to score yet."

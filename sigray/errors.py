@@ -1,6 +1,12 @@
 """Errors a user can meet. Each message names the thing at fault and what to do."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The last line of an error from elsewhere (Ray's carry a traceback), for a message of ours."""
+    lines = str(exc).strip().splitlines()
+    return lines[-1][:300] if lines else type(exc).__name__
+
+
 class SigrayError(Exception):
     """Base of every error sigray raises on purpose."""
 

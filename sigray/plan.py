@@ -109,10 +109,24 @@ class RunPlan:
         """Each window's seed at ``attempt``, as the coordinator hands them out."""
         return [window_seed(self.config.seed, r.key, attempt) for r in signal_plan.requests]
 
-    def new_signal(self, plan: PlannedSignal) -> NewSignal:
+    @staticmethod
+    def new_signal(plan: PlannedSignal) -> NewSignal:
+        """``plan``'s data and windows' requests, packed for ``RunStore.add_signals`` (windowing it here)."""
         signal = plan.signal
         values = signal.values.reshape(len(signal.values), -1)
         return NewSignal(plan.name, plan.digest, signal.timestamps, values, plan.requests)
+
+    def windowing(self) -> tuple:
+        """What ``new_signals`` needs besides the signals: sent once to the Ray tasks that window them."""
+        return self.pipeline, self.normal, self.answers, self.fingerprint
+
+
+def new_signals(signals: list[Signal], pipeline, normal, answers, generation: str) -> list[NewSignal]:
+    """``signals`` windowed with sigllm and packed for ``RunStore.add_signals``, away from the
+    run's plan (``RunPlan.windowing`` gives the rest): what a Ray task returns (``sigray.feed``).
+    Raises InputError naming a signal sigllm cannot window."""
+    plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
+    return [RunPlan.new_signal(plan) for plan in plans]
 
 
 def generation_identity(config: RunConfig, pipeline: SigllmPipeline, answers: AnswerFormat, normal) -> dict:
@@ -158,6 +172,7 @@ class PlannedSignal:
         reload: Callable[[], Signal] | None = None,
     ):
         self.name, self.digest, self.channels = signal.name, signal.digest(), signal.channels
+        self.n_points = len(signal.timestamps)
         self._signal: Signal | None = signal
         self._reload = reload
         self._pipeline, self._normal, self._answers, self._generation = pipeline, normal, answers, generation
@@ -181,6 +196,10 @@ class PlannedSignal:
     @property
     def holds_data(self) -> bool:
         return self._signal is not None
+
+    def reload_from(self, reload: Callable[[], Signal]) -> None:
+        """Read the data, once dropped, with ``reload`` (still checked against ``digest``)."""
+        self._reload = reload
 
     def done_with(self) -> None:
         """A use of the signal is over: drop its preprocessing, and its data when it can be

@@ -8,11 +8,11 @@ whose result for this setting (and its data) is saved already is read, not compu
 Every write is fenced by the lease; results live in their own arrays (``results/<set>/``),
 apart from the windows the coordinator writes.
 
-When many signals are left at a run's end and its Ray cluster has CPUs to spare, each one's
-post-processing (sigllm's preprocessing again, then its post-processing on the answers read
-from the store) is a Ray task; the driver only saves what the tasks return, so the store
-keeps one writer (issue 16.2). Otherwise (few signals, a small machine, ``sigray detect``,
-a run with nothing to generate) it runs in the driver.
+When a run has many signals and its Ray cluster has CPUs to spare (``sigray.tasks``), each
+one's post-processing (sigllm's preprocessing again, then its post-processing on the answers
+read from the store) is a Ray task, during the run and at its end; the driver only saves what
+the tasks return, so the store keeps one writer (issue 16.2). Otherwise (few signals, a small
+machine, ``sigray detect``, a run with nothing to generate) it runs in the driver.
 """
 
 from __future__ import annotations
@@ -20,19 +20,20 @@ from __future__ import annotations
 import collections
 import functools
 import logging
-import os
-import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from sigray.errors import SigrayError
+from sigray import tasks
+from sigray.errors import SigrayError, SigrayWarning, one_line
 from sigray.lease_keeper import KeptLease
 from sigray.pipelines.sigllm_pipeline import settings_changes
 from sigray.plan import PlannedSignal, RunPlan
+from sigray.signals import Signal, frame_of, signal_from_frame
 from sigray.stopping import StopRequested
 from sigray.store import DONE, FAILED, PENDING, RunStore, SignalEntry, result_sets
 
@@ -40,11 +41,6 @@ if TYPE_CHECKING:
     from sigray.runner import RunResult
 
 log = logging.getLogger(__name__)
-# When the signals left at a run's end go to Ray tasks: from this many (a task's first use of a Ray
-# worker process imports sigllm and Orion, seconds), and with this many CPUs free (the driver saves
-# every result itself: on 2 cores, tasks measured 15% slower than the driver alone; benchmarks/README).
-TASKS_FROM = int(os.environ.get("SIGRAY_POST_PROCESSING_TASKS_FROM", "8"))  # benchmarks/scale.py compares
-TASKS_FREE_CPUS = 4
 
 
 @dataclass
@@ -86,18 +82,28 @@ class Detections:
         self.previous = result_sets.find_set(store.group, None)
         self.sid = result_sets.set_id(plan.detection_fingerprint)
         self._next_check = 0.0
-        self._tasks: dict = {}  # Ray task -> (signal plan, entry, rows, settled), at the end of a run
+        self._tasks: dict = {}  # Ray task -> (signal plan, entry, rows, settled)
+        self.in_tasks = False  # during the run (its end decides again, its workers gone): set by the runner
         self._failed_during_run: set[str] = set()  # tried again, and then raised, at the end
 
+    @property
+    def pending(self) -> list:
+        """The post-processing tasks running: the supervisor wakes when one ends."""
+        return list(self._tasks)
+
     def during_run(self, budget_s: float = 1.0) -> None:
-        """Post-process signals the store now holds settled, here, for about ``budget_s`` at
-        most (the supervisor's checks wait meanwhile); again at once while any is left, else
-        after ``check_every_s`` (a flush interval: the store changes no faster)."""
+        """Post-process signals the store now holds settled: in Ray tasks when the cluster has
+        CPUs to spare (``sigray.tasks``), else here, for about ``budget_s`` at most (the
+        supervisor's checks wait meanwhile); again at once while any is left, else after
+        ``check_every_s`` (a flush interval: the store changes no faster)."""
+        if self._tasks:
+            self._collect(timeout_s=0, during_run=True)
         now = time.monotonic()
         left = self._left()
         if now < self._next_check or not left:
             return
         status = self.store.read_status()
+        room = tasks.in_flight() if self.in_tasks else 0
         for signal_plan, entry in left:
             if entry.name in self._failed_during_run:
                 continue
@@ -105,10 +111,10 @@ class Detections:
             settled = status[rows]
             if (settled == PENDING).any():
                 continue
-            if time.monotonic() - now > budget_s:
+            if len(self._tasks) >= room if self.in_tasks else time.monotonic() - now > budget_s:
                 return  # more to do: the next call goes on
             try:
-                self._start(signal_plan, entry, rows, settled, in_task=False)
+                self._start(signal_plan, entry, rows, settled, in_task=self.in_tasks)
             except SigrayError as exc:  # sigllm failed on this signal: the windows go on, the end says it
                 self._failed_during_run.add(entry.name)
                 log.warning("%s (tried again at the end of the run)", exc)
@@ -117,15 +123,10 @@ class Detections:
     def finish(self, stop: StopRequested) -> None:
         """Every signal not done yet; one with windows still pending is left ``missing``. A stop
         request (SIGTERM, deadline) ends it between two signals: what is saved stays."""
-        ray = sys.modules.get("ray")  # up only when this run generated windows (never imported for it)
         status = self.store.read_status()
         left = self._left()
-        in_tasks = (
-            ray is not None
-            and ray.is_initialized()
-            and len(left) >= TASKS_FROM
-            and ray.available_resources().get("CPU", 0) >= TASKS_FREE_CPUS
-        )
+        in_tasks = tasks.use_tasks(len(left) + len(self._tasks))
+        room = tasks.in_flight() if in_tasks else 0
         for signal_plan, entry in left:
             if stop.requested:
                 break
@@ -133,8 +134,10 @@ class Detections:
             settled = status[rows]
             if (settled == PENDING).any():
                 self.result.missing.append(entry.name)
-            else:
-                self._start(signal_plan, entry, rows, settled, in_task=in_tasks)
+                continue
+            while in_tasks and len(self._tasks) >= room and not stop.requested:
+                self._collect(timeout_s=1.0)
+            self._start(signal_plan, entry, rows, settled, in_task=in_tasks)
         while self._tasks:
             if stop.requested:
                 self._cancel()
@@ -162,20 +165,23 @@ class Detections:
         if saved is not None:
             self.result.reused_results += 1
             self._save(entry, rows, settled, saved, computed=False)
-        elif in_task:
-            signal, normal = signal_plan.signal, self.plan.normal
-            task = _detect_task().remote(self.plan.pipeline, signal, normal, self.store.path, rows, settled)
+            return
+        if in_task:  # the task reads the signal's data from the store
+            arguments = (self.plan.pipeline, self.plan.normal, self.store.path, entry, rows, settled)
+            task = tasks.remote(_detect_signal).remote(*arguments)
             self._tasks[task] = (signal_plan, entry, rows, settled)
-            signal_plan.done_with()  # the task has its own copy
         else:
+            if not signal_plan.holds_data:  # dropped (the memory budget): the data its windows were asked of
+                signal_plan.reload_from(functools.partial(registered_signal, self.store, entry))
             try:
                 arrays = detect(self.plan.pipeline, signal_plan.preprocessed, self.store, rows, settled)
             finally:
                 signal_plan.done_with()
             self._save(entry, rows, settled, arrays)
 
-    def _collect(self, timeout_s: float) -> None:
-        """Save the results of finished tasks; a failure (sigllm's, naming the signal) stops the run."""
+    def _collect(self, timeout_s: float, during_run: bool = False) -> None:
+        """Save the results of finished tasks. A failure (sigllm's, naming the signal; or the
+        task's process) stops the run at its end; during the run, the signal is tried again then."""
         import ray
 
         ready, _ = ray.wait(list(self._tasks), num_returns=len(self._tasks), timeout=timeout_s)
@@ -184,13 +190,15 @@ class Detections:
             try:
                 outcome = ray.get(task)
             except ray.exceptions.RayError as exc:  # the task's process died, or the store could not be read
-                self._cancel()
-                problem = str(exc).strip().splitlines()[-1]
-                raise SigrayError(f"post-processing signal {entry.name!r} failed in a Ray task: {problem}") from exc
-            if isinstance(outcome, str):
+                outcome = f"post-processing signal {entry.name!r} failed in a Ray task: {one_line(exc)}"
+            if isinstance(outcome, str) and during_run:
+                self._failed_during_run.add(entry.name)
+                log.warning("%s (tried again at the end of the run)", outcome)
+            elif isinstance(outcome, str):
                 self._cancel()
                 raise SigrayError(outcome)
-            self._save(entry, rows, settled, outcome)
+            else:
+                self._save(entry, rows, settled, outcome)
 
     def _cancel(self) -> None:
         import ray
@@ -227,23 +235,22 @@ class Detections:
         )
 
 
-@functools.cache
-def _detect_task():
-    """The Ray task (made once per process, when Ray is up: importing this module needs no Ray)."""
-    import ray
+def _detect_signal(pipeline, normal, store_path: str, entry: SignalEntry, rows: np.ndarray, settled: np.ndarray):
+    """One signal's result arrays, or why sigllm failed on it (a str: raised by the driver); a Ray task's."""
+    store = RunStore.open(store_path, read_only=True)
+    signal_plan = pipeline.plan(registered_signal(store, entry), normal)
+    try:
+        return detect(pipeline, signal_plan, store, rows, settled)
+    except SigrayError as exc:
+        return str(exc)
 
-    from sigray.storage import client_env
 
-    @ray.remote(num_cpus=1, max_retries=3, runtime_env={"env_vars": client_env()})
-    def detect_signal(pipeline, signal, normal, store_path: str, rows: np.ndarray, settled: np.ndarray):
-        """One signal's result arrays, or why sigllm failed on it (a str: raised by the driver)."""
-        signal_plan = pipeline.plan(signal, normal)
-        try:
-            return detect(pipeline, signal_plan, RunStore.open(store_path, read_only=True), rows, settled)
-        except SigrayError as exc:
-            return str(exc)
-
-    return detect_signal
+def registered_signal(store: RunStore, entry: SignalEntry) -> Signal:
+    """A signal's data as the store holds it, what its windows were asked of (its file may have
+    changed or gone since)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SigrayWarning)  # said when the run read its file, by its lines there
+        return signal_from_frame(entry.name, frame_of(*store.read_signal(entry)))
 
 
 def detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np.ndarray) -> dict[str, np.ndarray]:
@@ -259,7 +266,7 @@ def detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np
         detection = pipeline.postprocess(signal_plan, per_window)
     except Exception as exc:  # noqa: BLE001 - sigllm's and Orion's code: any error, named, not a traceback
         raise SigrayError(
-            f"post-processing signal {signal_plan.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
+            f"post-processing signal {signal_plan.signal.name!r} failed in sigllm/Orion ({type(exc).__name__}: "
             f"{exc}); its answers are saved: change the detection settings and run `sigray detect`."
         ) from exc
     arrays = {

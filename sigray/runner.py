@@ -25,9 +25,10 @@ import numpy as np
 import pandas as pd
 
 from sigray import lease as store_lease
+from sigray import tasks
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
-from sigray.errors import SigrayError, SigrayWarning
+from sigray.errors import SigrayError, SigrayWarning, one_line
 from sigray.feed import SignalFeed
 from sigray.messages import AddedSignals, Progress
 from sigray.plan import RunPlan
@@ -250,16 +251,18 @@ def _compute(
         result.resumed_windows += added.settled
         prepared.store.refresh()  # the coordinator wrote them
 
-    feed = SignalFeed(plan, prepared, coordinator, joined)
+    # Windowing and post-processing go to Ray tasks when CPUs are left beside the workers'.
+    detections.in_tasks = tasks.use_tasks(len(plan.plans), busy_cpus=config.workers * config.cpus_per_worker)
+    feed = SignalFeed(plan, prepared, coordinator, joined, in_tasks=detections.in_tasks)
     supervisor = _Supervisor(coordinator, worker_options, spec, worker_settings, config, kept)
     try:
 
         def between_checks() -> bool:
-            feed.step()
+            more = feed.step()  # windowing here goes on at once, between checks
             detections.during_run()
-            return not feed.done  # windowing goes on at once, between checks
+            return more
 
-        final = supervisor.supervise(stop, on_progress, between_checks)
+        final = supervisor.supervise(stop, on_progress, between_checks, lambda: feed.pending + detections.pending)
         idle = supervisor.shutdown(keep=pool is not None)  # a clean end: engines may serve the next run
     except KeyboardInterrupt:  # a second Ctrl-C: quit at once
         supervisor.shutdown(graceful=False)
@@ -343,16 +346,21 @@ class _Supervisor:
         self.workers[worker_id] = worker
         self.runs[worker.run.remote(self.coordinator, self.worker_settings)] = worker_id
 
-    def supervise(self, stop: StopRequested, on_progress, between_checks: Callable[[], bool]) -> Progress:
+    def supervise(
+        self, stop: StopRequested, on_progress, between_checks: Callable[[], bool], tasks: Callable[[], list]
+    ) -> Progress:
         """Until every window is settled and saved, or a stop; ``between_checks`` runs after each
         second's checks (windowing signals still to add, post-processing the signals that
-        finished), and at once again while it returns True."""
+        finished), at once again while it returns True, and as soon as one of ``tasks()`` (Ray
+        tasks doing that work) ends."""
         import ray
 
         finished = self.coordinator.wait_finished.remote()
         busy = False
         while True:
-            ready, _ = ray.wait([finished, *self.runs], num_returns=1, timeout=0 if busy else _POLL_S)
+            waits = [finished, *self.runs, *tasks()]
+            ready, _ = ray.wait(waits, num_returns=1, timeout=0 if busy else _POLL_S)
+            ready = [ref for ref in ready if ref == finished or ref in self.runs]
             if finished in ready:
                 try:
                     progress = ray.get(finished)
@@ -422,7 +430,7 @@ class _Supervisor:
                 self.idle[worker_id] = worker  # it ran out of work: the run is finishing or stopping
             return
         except ray.exceptions.RayError as exc:  # its process died, or its engine failed (EngineFailed)
-            cause = self.killed.pop(worker_id, None) or _one_line(exc)
+            cause = self.killed.pop(worker_id, None) or one_line(exc)
         if worker is not None:
             # Ray may declare an unresponsive (frozen) process dead while it still holds its
             # CPUs and GPUs; make sure it is gone before its replacement needs them.
@@ -563,11 +571,6 @@ def _resolved(pending: dict) -> list:
         return []
     ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
     return [pending.pop(ref) for ref in ready]
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:300] if text else type(exc).__name__
 
 
 def _ensure_ray(options: dict) -> None:

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import subprocess
 import sys
 import warnings
 from types import SimpleNamespace
@@ -219,6 +220,29 @@ def test_a_stopped_run_says_so_in_json_too(ray_session, tmp_path, capsys):
     assert printed["stopped"] is True and printed["complete"] is False and "resumable:" in printed["message"]
 
 
+def test_json_is_alone_on_stdout_when_ray_reports_a_worker_that_died(tmp_path, short_tmp):
+    """A worker SIGKILLed mid-run makes Ray print "A worker died..." in the driver: with --json
+    that goes to stderr, and stdout parses as the run's JSON (tools pipe it to jq)."""
+    from tests.processes import reap_orphans
+
+    marker, ray_tmp = str(tmp_path / "killed"), os.path.join(short_tmp, "json")
+    args = ["run", nab_signal(CPU), "--store", str(tmp_path / "run"), "--engine", "test-double", "--json"]
+    args += ["--batch-size", "4", "--engine-option", f"sigkill_once_path={marker}", "--engine-option", "delay_s=0.05"]
+    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
+    env.pop("RAY_ADDRESS", None)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "sigray.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        )
+    finally:
+        reap_orphans(ray_tmp)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert os.path.exists(marker), "no worker was killed"
+    printed = json.loads(done.stdout)
+    assert printed["complete"] is True and printed["workers_replaced"] >= 1
+    assert "worker died" in done.stderr  # Ray said it, where it belongs
+
+
 def test_a_finished_run_with_failed_windows_says_what_was_left_out(ray_session, tmp_path, capsys):
     store = str(tmp_path / "run")
     sigray.run([nab_signal(CPU)], store, max_attempts=1, engine_options={"garbage_rate": 0.2}, **FAST)
@@ -387,3 +411,17 @@ def test_quiet_prints_nothing_but_warnings_even_when_it_starts_ray(tmp_path, sho
         reap_orphans(ray_tmp)
     assert run.returncode == 0 and output.decode().strip() == "", output.decode()[-2000:]
     assert sigray.open(str(tmp_path / "run")).results().complete
+
+
+def test_sigrays_log_lines_read_as_its_other_messages():
+    """In the CLI a note such as "signal 'x': extended from N to M points" reads "sigray: warning:
+    ...", as sigray's warnings and errors do; other libraries' lines keep their level and name."""
+    import logging
+
+    from sigray.cli import _LogFormat
+
+    def line(name: str, message: str, *args) -> str:
+        return _LogFormat().format(logging.LogRecord(name, logging.WARNING, __file__, 1, message, args, None))
+
+    assert line("sigray.runner", "store %s: %s", "run", "extended") == "sigray: warning: store run: extended"
+    assert line("ray.worker", "a worker died") == "WARNING ray.worker: a worker died"

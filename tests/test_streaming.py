@@ -151,7 +151,7 @@ def test_a_signal_sigllm_fails_to_window_mid_run_is_named_and_the_answers_before
 
 
 def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, monkeypatch):
-    """Many signals left at a run's end go to Ray tasks (``TASKS_FROM``); the driver only saves."""
+    """With CPUs to spare, the signals left at a run's end go to Ray tasks; the driver only saves."""
     from sigray import postprocess
 
     signals = [nab_signal(name) for name in (FIRST, "nyc_taxi", "machine_temperature_system_failure")]
@@ -160,11 +160,10 @@ def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, 
     monkeypatch.setattr(postprocess, "detect", lambda *args: in_driver.append(1) or driver_detect(*args))
     monkeypatch.setattr(postprocess.Detections, "during_run", lambda self: None)  # everything left to the end
 
-    monkeypatch.setattr(postprocess, "TASKS_FROM", 1)
-    monkeypatch.setattr(postprocess, "TASKS_FREE_CPUS", 1)
+    monkeypatch.setenv("SIGRAY_TASKS", "always")  # on any machine (auto: 8 signals and 4 CPUs spare)
     tasks = sigray.run(signals, str(tmp_path / "tasks"), engine="test-double", batch_size=64)
     assert in_driver == []
-    monkeypatch.setattr(postprocess, "TASKS_FROM", 10**9)
+    monkeypatch.setenv("SIGRAY_TASKS", "never")
     driver = sigray.run(signals, str(tmp_path / "driver"), engine="test-double", batch_size=64)
     assert len(in_driver) == len(signals)
 
@@ -174,6 +173,83 @@ def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, 
         assert np.array_equal(result.forecast, driver.signals[name].forecast, equal_nan=True)
     reopened = sigray.open(str(tmp_path / "tasks")).results()
     assert reopened.complete and set(reopened.anomalies) == set(tasks.signals)
+
+
+def test_windowing_and_post_processing_in_ray_tasks_find_what_the_driver_finds(ray_session, tmp_path, monkeypatch):
+    """With CPUs to spare, Ray tasks window the signals that join a run (their prompts go from
+    the tasks to the coordinator, not through the driver) and post-process them during the
+    run; the driver windows only the first signals, registered before Ray starts (issue 16.2)."""
+    from sigray import postprocess
+    from sigray.plan import RunPlan
+
+    names = [FIRST, "nyc_taxi", "machine_temperature_system_failure", SECOND]
+    signals = [nab_signal(name) for name in names]
+    windowed_here, detected_here = [], []
+    window, detect = RunPlan.new_signal, postprocess.detect
+    monkeypatch.setattr(RunPlan, "new_signal", staticmethod(lambda p: windowed_here.append(p.name) or window(p)))
+    monkeypatch.setattr(postprocess, "detect", lambda *args: detected_here.append(1) or detect(*args))
+
+    monkeypatch.setenv("SIGRAY_TASKS", "always")  # auto: 8 signals and 4 CPUs beside the workers
+    store = str(tmp_path / "tasks")
+    in_tasks = sigray.run(signals, store, engine="test-double", batch_size=8, flush_interval_s=0.2)
+    assert windowed_here == [FIRST] and detected_here == []  # 111 windows: more than the first 2 batches of 8
+    monkeypatch.setenv("SIGRAY_TASKS", "never")
+    in_driver = sigray.run(signals, str(tmp_path / "driver"), engine="test-double", batch_size=8)
+    assert windowed_here == [FIRST, *names] and len(detected_here) == len(names)
+
+    assert in_tasks.complete and in_tasks.computed_windows == in_tasks.total_windows == in_driver.total_windows
+    opened = RunStore.open(store)
+    assert [e.name for e in opened.signals] == names  # joined in the run's order, whichever task ended first
+    status, attempts = opened.read_state()
+    assert (status != PENDING).all() and (attempts == 1).all()
+    assert list(in_tasks.signals) == names
+    for name in names:
+        pd.testing.assert_frame_equal(in_tasks.anomalies[name], in_driver.anomalies[name])
+        assert np.array_equal(in_tasks.signals[name].forecast, in_driver.signals[name].forecast, equal_nan=True)
+
+
+def test_a_windowing_task_that_fails_is_named_and_keeps_the_answers(ray_session):
+    """What a windowing task raises reaches the driver through the coordinator call it feeds
+    (Ray fails the call, which never runs): a signal sigllm cannot window is named, a task's
+    lost process said so; both say the answers are kept (the run flushes before it ends)."""
+    from sigray.errors import InputError, SigrayError
+    from sigray.feed import add_signals
+
+    @ray_session.remote
+    class CoordinatorTestDouble:
+        def add_signals(self, new):
+            raise AssertionError("called with a batch no task made")
+
+    @ray_session.remote(max_retries=0)
+    def refuses():
+        raise InputError("signal 'flat': sigllm made no window of it.")
+
+    @ray_session.remote(max_retries=0)
+    def dies():
+        os._exit(1)
+
+    coordinator = CoordinatorTestDouble.remote()
+    with pytest.raises(SigrayError, match=r"^signal 'flat': sigllm made no window of it. \(The windows answered"):
+        add_signals(coordinator, refuses.remote())
+    with pytest.raises(SigrayError, match=r"windowing signals failed in a Ray task: .*answered so far are saved"):
+        add_signals(coordinator, dies.remote())
+
+
+def test_tasks_are_used_with_cpus_to_spare_beside_the_workers(ray_session, monkeypatch):
+    from sigray import tasks
+    from sigray.errors import ConfigError
+
+    free = ray_session.available_resources()["CPU"]  # 4: the test session's
+    assert tasks.use_tasks(tasks.TASKS_FROM, busy_cpus=free - tasks.TASKS_FREE_CPUS)
+    assert not tasks.use_tasks(tasks.TASKS_FROM, busy_cpus=free - tasks.TASKS_FREE_CPUS + 1)
+    assert not tasks.use_tasks(tasks.TASKS_FROM - 1)  # a task's first use imports sigllm: seconds
+    monkeypatch.setenv("SIGRAY_TASKS", "always")
+    assert tasks.use_tasks(1, busy_cpus=free) and not tasks.use_tasks(0)
+    monkeypatch.setenv("SIGRAY_TASKS", "never")
+    assert not tasks.use_tasks(100)
+    monkeypatch.setenv("SIGRAY_TASKS", "sometimes")
+    with pytest.raises(ConfigError, match="SIGRAY_TASKS='sometimes': expected one of auto, always, never"):
+        tasks.use_tasks(100)
 
 
 def test_a_run_past_its_plan_memory_keeps_no_dropped_signal_in_memory_and_finds_the_same(
@@ -231,6 +307,38 @@ def test_a_signal_given_in_memory_stays_and_a_file_changed_after_planning_is_nam
     changed.to_csv(path, index=False)
     with pytest.raises(InputError, match="signal 'cpu': its file changed while the run ran"):
         from_file.signal  # noqa: B018
+
+
+def test_a_signal_whose_file_went_or_changed_after_it_joined_is_post_processed_from_the_store(
+    ray_session, tmp_path, monkeypatch
+):
+    """Past the memory budget a signal's data is dropped once registered; post-processing then
+    reads the store's copy, what its windows were asked of, not its file (gone or changed)."""
+    from sigray import postprocess
+
+    files = {"cpu": tmp_path / "cpu.csv", "taxi": tmp_path / "taxi.csv"}
+    for path, source in zip(files.values(), (FIRST, "nyc_taxi")):
+        shutil.copy(nab_signal(source), path)
+    reference = sigray.run(
+        [(name, pd.read_csv(path)) for name, path in files.items()], str(tmp_path / "ref"), engine="test-double"
+    )
+    finish = postprocess.Detections.finish
+
+    def after_the_files_changed(self, stop):
+        os.remove(files["cpu"])
+        changed = pd.read_csv(files["taxi"])
+        changed["value"] *= 2
+        changed.to_csv(files["taxi"], index=False)
+        finish(self, stop)
+
+    monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", "0")  # nothing kept: each use reads the data again
+    monkeypatch.setattr(postprocess.Detections, "during_run", lambda self: None)  # everything left to the end
+    monkeypatch.setattr(postprocess.Detections, "finish", after_the_files_changed)
+    result = sigray.run([str(path) for path in files.values()], str(tmp_path / "run"), engine="test-double")
+    assert result.complete and list(result.signals) == list(files)
+    for name in files:
+        pd.testing.assert_frame_equal(result.anomalies[name], reference.anomalies[name])
+        assert np.array_equal(result.signals[name].forecast, reference.signals[name].forecast, equal_nan=True)
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "inf", "nan"])

@@ -1,5 +1,7 @@
 """Errors a user can meet. Each message names the thing at fault and what to do."""
 
+ANSWERS_SAVED = " (The windows answered so far are saved.)"  # a started run's error says so
+
 
 def one_line(exc: BaseException) -> str:
     """The last line of an error from elsewhere (Ray's carry a traceback), for a message of ours."""
@@ -13,6 +15,25 @@ class SigrayError(Exception):
 
 class InputError(SigrayError):
     """A signal file or frame cannot be used (missing, wrong columns, NaN, too short...)."""
+
+
+class WindowingError(InputError):
+    """sigllm cannot window signal ``signal`` (too short for one window, or sigllm's own error):
+    found before any window of the run was asked."""
+
+    def __init__(self, signal: str, message: str):
+        super().__init__(message)
+        self.signal = signal
+
+
+class SignalStoppedRun(SigrayError):
+    """A run stopped on signal ``signal``, which sigllm could not window once the run had
+    started (``reason``); the windows answered before are saved."""
+
+    def __init__(self, signal: str, reason: str):
+        super().__init__(f"{reason}{ANSWERS_SAVED}")
+        self.signal = signal
+        self.reason = reason
 
 
 class ConfigError(SigrayError):

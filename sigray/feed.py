@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from sigray import tasks
-from sigray.errors import InputError, SigrayError, one_line
+from sigray.errors import ANSWERS_SAVED, InputError, SignalStoppedRun, SigrayError, WindowingError, one_line
 from sigray.messages import AddedSignals
 from sigray.plan import PlannedSignal, RunPlan, new_signals
 from sigray.prepare import REGISTER_WINDOWS, PreparedStore, registration_batches
@@ -29,7 +29,6 @@ from sigray.worker import RECONNECT_S
 STEP_S = 1.0  # sigllm windowing per step, about: the supervisor's checks wait meanwhile
 TASK_POINTS = 200_000  # points a windowing task takes (one signal at least): about a second of sigllm
 _CALL_TIMEOUT_S = 300.0  # one batch's registration, on a slow object store
-_SAVED = " (The windows answered so far are saved.)"
 
 
 class SignalFeed:
@@ -77,7 +76,7 @@ class SignalFeed:
         try:
             batch = next(self.batches)
         except InputError as exc:  # not exit 2: the run had started (README: exit codes)
-            raise SigrayError(f"{exc}{_SAVED}") from None
+            raise _stopped_on(exc) from None
         import ray
 
         self._joined(add_signals(self.coordinator, ray.put(batch)))  # put once, however often the call is repeated
@@ -137,10 +136,18 @@ def add_signals(coordinator, ref) -> AddedSignals:
         except ray.exceptions.RayTaskError as exc:  # the store could not be written, or a task not window
             cause = exc.cause if exc.cause is not None else exc
             if isinstance(cause, InputError):  # a signal sigllm cannot window, in a task
-                raise SigrayError(f"{cause}{_SAVED}") from None
+                raise _stopped_on(cause) from None
             if isinstance(cause, ray.exceptions.RayError):  # a windowing task's process died, retries too
                 raise SigrayError(
-                    f"windowing signals failed in a Ray task: {one_line(cause)}.{_SAVED} Run the same command "
+                    f"windowing signals failed in a Ray task: {one_line(cause)}.{ANSWERS_SAVED} Run the same command "
                     "to resume."
                 ) from None
             raise SigrayError(f"the run stopped: {cause}. Fix the cause and run the same command to resume.") from None
+
+
+def _stopped_on(exc: InputError) -> SigrayError:
+    """What stops a started run on a signal: SignalStoppedRun naming one sigllm cannot window
+    (``sigray.benchmark`` leaves it on its row and goes on), else the input error as it is."""
+    if isinstance(exc, WindowingError):
+        return SignalStoppedRun(exc.signal, str(exc))
+    return SigrayError(f"{exc}{ANSWERS_SAVED}")

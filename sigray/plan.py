@@ -22,7 +22,7 @@ import numpy as np
 
 from sigray.config import RunConfig, fingerprint
 from sigray.engines import Sampling
-from sigray.errors import ConfigError, InputError, SigrayWarning
+from sigray.errors import ConfigError, InputError, SigrayWarning, WindowingError
 from sigray.keys import window_key, window_seed
 from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
@@ -222,10 +222,10 @@ class PlannedSignal:
 
     @functools.cached_property
     def preprocessed(self) -> SignalPlan:
-        """Raises InputError when the signal is too short for one window."""
+        """Raises WindowingError when sigllm gives no window of the signal (too short) or fails on it."""
         plan = self._pipeline.plan(self.signal, self._normal)
         if plan.n_windows == 0:
-            raise InputError(self._pipeline.too_short(self.signal))
+            raise WindowingError(self.name, self._pipeline.too_short(self.signal))
         plan.requests = requests_of(plan, self._answers, self._generation)
         return plan
 
@@ -337,9 +337,9 @@ def make_plan(
     run's store holds under it with every window settled (``sigray.prepare.settled_signals``);
     the others ``ask`` (their windows may go to an engine).
 
-    ``rejected``: when given, a signal that cannot be read or windowed is left out of the
-    plan and named there (name -> why) instead of refusing the run (``sigray.benchmark``):
-    such a plan windows every signal that asks here.
+    ``rejected``: when given, a signal that cannot be read or fails its checks is left out of
+    the plan and named there (name -> why) instead of refusing the run (``sigray.benchmark``,
+    which also leaves out a signal sigllm fails to window later: ``WindowingError``).
 
     Raises InputError (bad or too-short signals, values sigllm cannot scale: the checks need
     no windowing) or ConfigError (unknown pipeline, bad parameters) before anything is written or started;
@@ -388,8 +388,6 @@ def make_plan(
             )
             del signal
             plan.asks = known.get(plan.name) != plan.digest
-            if plan.asks and rejected is not None:
-                plan.preprocessed  # noqa: B018 - a benchmark names a signal sigllm cannot window on its row
             memory.settle(plan)
             plans.append(plan)
         if on_planned is not None:

@@ -13,6 +13,7 @@ state that the store does not: killing it and running the same command resumes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -28,7 +29,7 @@ from sigray import lease as store_lease
 from sigray import tasks
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
-from sigray.errors import SigrayError, SigrayWarning, one_line
+from sigray.errors import SignalStoppedRun, SigrayError, SigrayWarning, WindowingError, one_line
 from sigray.feed import SignalFeed
 from sigray.messages import AddedSignals, Progress
 from sigray.plan import RunPlan
@@ -142,7 +143,8 @@ def execute(
         # Computing, the run registers what new signals the first batches of windows need and
         # adds the rest as they are answered (``sigray.feed``).
         first_windows = 2 * config.batch_size * config.workers if compute else None
-        prepared = prepare_store(plan, owner, new=new, first_windows=first_windows)
+        with _windowing_stops_the_run():
+            prepared = prepare_store(plan, owner, new=new, first_windows=first_windows)
         store = prepared.store
         timings = {"planning_s": plan.planning_s, "preparing_s": time.monotonic() - started}
         try:
@@ -157,7 +159,8 @@ def execute(
                 while compute and prepared.unregistered and result.resumed_windows == len(rows):
                     # Nothing to ask yet (the first signals' windows are all in the store): window more
                     # here, and start Ray only if some window is new (a renamed copy asks nothing).
-                    prepared.register_next(plan)
+                    with _windowing_stops_the_run():
+                        prepared.register_next(plan)
                     rows = prepared.rows
                     result.resumed_windows = int(np.count_nonzero(store.read_status()[rows] != PENDING))
                 if compute and result.resumed_windows < len(rows):
@@ -542,6 +545,16 @@ class _Supervisor:
             ray.kill(worker, no_restart=True)
         ray.kill(self.coordinator, no_restart=True)
         return kept
+
+
+@contextlib.contextmanager
+def _windowing_stops_the_run():
+    """A signal sigllm cannot window once the store is being prepared stops the run as one that
+    started does (exit 1, not 2: the store was written; ``sigray.benchmark`` goes on without it)."""
+    try:
+        yield
+    except WindowingError as exc:
+        raise SignalStoppedRun(exc.signal, str(exc)) from None
 
 
 def _unanswered_message(result: RunResult) -> str:

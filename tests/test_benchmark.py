@@ -191,3 +191,43 @@ def test_a_dataset_sigllm_has_parameters_for_runs_with_them_in_a_store_of_its_ow
     again = benchmark([str(tweets)], str(tmp_path / "hourly"), LABELS, pipeline_params=hourly, **settings)
     assert RunStore.open(f"{tmp_path / 'hourly'}-realtweets").config["pipeline_params"][aggregate]["interval"] == 3600
     assert again.signals.set_index("signal")["windows"][CPU] < windows[CPU]
+
+
+@pytest.mark.parametrize(
+    "failing, engine_options",
+    [
+        ("ambient_temperature_system_failure", {"context_chars": 10**6}),  # windowed first: by the engine's check
+        ("ambient_temperature_system_failure", {}),  # windowed first: registered as the store is prepared
+        ("nyc_taxi", {}),  # windowed while the first signals' windows run
+    ],
+)
+def test_a_signal_sigllm_fails_to_window_is_an_error_row_and_the_others_run_once(
+    ray_session, tmp_path, monkeypatch, failing, engine_options
+):
+    """The benchmark windows each signal where it is first used, not at planning (issue 16.3): a
+    failure no check foresees ends the run attempt, which goes on without that signal from what
+    is saved; --new replaces the store once, never the answers made since."""
+    from sigray.errors import WindowingError
+    from sigray.pipelines.sigllm_pipeline import SigllmPipeline
+
+    windowing = SigllmPipeline.plan
+
+    def fails_on_one(self, signal, normal=None):  # a test double of a sigllm failure no check foresees
+        if signal.name == failing:
+            raise WindowingError(signal.name, f"sigllm could not window signal {signal.name!r} (a test double).")
+        return windowing(self, signal, normal)
+
+    monkeypatch.setattr(SigllmPipeline, "plan", fails_on_one)
+    names = ["ambient_temperature_system_failure", CPU, "machine_temperature_system_failure", "nyc_taxi"]
+    folder, store, log = _folder(tmp_path, *names), str(tmp_path / "store"), str(tmp_path / "generated")
+    options = {**engine_options, "log_path": log}
+    settings = {"engine": "test-double", "batch_size": 8, "flush_interval_s": 0.2, "engine_options": options}
+    board = benchmark([folder], store, LABELS, new=True, progress=False, **settings)
+
+    rows = board.signals.set_index("signal")
+    assert rows.loc[failing, "status"] == ERROR and "(a test double)" in rows.loc[failing, "reason"]
+    assert (rows.drop(index=failing)["status"] == OK).all() and board.complete
+    with open(log) as f:
+        prompts = [line.split()[0] for line in f]
+    assert len(prompts) == len(set(prompts)) == board.result.total_windows  # each window asked once
+    assert rows.drop(index=failing)["windows"].sum() >= board.result.total_windows

@@ -56,6 +56,24 @@ def test_a_new_detection_setting_generates_nothing_and_equals_a_fresh_run(ray_se
     pd.testing.assert_frame_equal(back.anomalies[CPU], first.anomalies[CPU])
 
 
+def test_a_detection_setting_sigllm_fails_on_is_named_and_the_answers_stay(ray_session, tmp_path):
+    """sigllm's own error in post-processing (here numpy has no ``nope``) is one line naming the
+    signal and the way on, in the driver and in a Ray task; no set is left half made."""
+    store, signal = str(tmp_path / "run"), nab_signal(CPU)
+    first = _run([signal], store)
+    params = {"sigllm.primitives.postprocessing.aggregate_rolling_window#1": {"agg": "nope"}}
+    failure = rf"post-processing signal '{CPU}' failed in sigllm/Orion \(AttributeError: .*'nope'\); its answers"
+    with pytest.raises(sigray.SigrayError, match=failure):
+        sigray.detect(store, pipeline_params=params)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SIGRAY_TASKS", "always")
+        with pytest.raises(sigray.SigrayError, match=failure):
+            _run([signal], store, pipeline_params=params)  # nothing to compute: Ray is up (the test's), tasks go
+    reader = sigray.open(store)
+    assert [s.name for s in reader.result_sets()] == ["defaults"]
+    pd.testing.assert_frame_equal(reader.results().anomalies[CPU], first.anomalies[CPU], check_dtype=False)
+
+
 def test_the_units_fix_and_the_prompters_voting_are_detection_settings(ray_session, tmp_path):
     store, log = str(tmp_path / "run"), str(tmp_path / "log")
     signal = nab_signal(CPU)

@@ -150,6 +150,23 @@ def test_a_signal_sigllm_fails_to_window_mid_run_is_named_and_the_answers_before
     assert rerun.computed_windows == rerun.total_windows - saved
 
 
+def test_sigllms_own_error_while_windowing_names_the_signal(monkeypatch):
+    from sigray.errors import WindowingError
+    from sigray.pipelines.sigllm_pipeline import SigllmPipeline
+    from sigray.signals import load_signal
+
+    class FailingMLPipeline:  # a test double of an MLBlocks pipeline sigllm fails in
+        def fit(self, **inputs):
+            raise ValueError("cannot reshape array")
+
+    pipeline = SigllmPipeline("mistral_detector", {})
+    monkeypatch.setattr(pipeline, "_build", FailingMLPipeline)
+    failure = r"sigllm could not window signal 'x' \(ValueError: cannot reshape"
+    with pytest.raises(WindowingError, match=failure) as info:
+        pipeline.plan(load_signal(nab_signal(FIRST), name="x"))
+    assert info.value.signal == "x"
+
+
 def test_post_processing_in_ray_tasks_equals_the_drivers(ray_session, tmp_path, monkeypatch):
     """With CPUs to spare, the signals left at a run's end go to Ray tasks; the driver only saves."""
     from sigray import postprocess

@@ -27,7 +27,7 @@ import pandas as pd
 
 from sigray.config import canonical_json
 from sigray.engines.base import Sampling
-from sigray.errors import ConfigError, InputError
+from sigray.errors import ConfigError, InputError, SigrayError, WindowingError
 from sigray.pipelines.answers import (
     FORMAT_CLASSES,
     INTERLEAVE_FORMATS,
@@ -731,6 +731,12 @@ class SigllmPipeline:
             return SignalPlan(
                 signal=signal, windows=windows, prompts=prompts, context=reached.context, width_used=width
             )
+        except SigrayError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - sigllm's and MLBlocks' code: named, not a traceback
+            raise WindowingError(
+                signal.name, f"sigllm could not window signal {signal.name!r} ({type(exc).__name__}: {exc})."
+            ) from exc
         raise ConfigError(f"pipeline {self.name!r} finished without reaching its LLM step.")
 
     def postprocess(self, plan: SignalPlan, answers: list[list[str] | None]) -> Detection:

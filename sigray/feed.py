@@ -82,6 +82,14 @@ class SignalFeed:
         self._joined(add_signals(self.coordinator, ray.put(batch)))  # put once, however often the call is repeated
         return not self.done
 
+    def cancel(self) -> None:
+        """Cancel the windowing tasks running (the run ends before they joined: a stop, an error)."""
+        import ray
+
+        for ref in self.windowing:
+            ray.cancel(ref, force=True)
+        self.windowing.clear()
+
     def _step_in_tasks(self) -> None:
         import ray
 

@@ -140,7 +140,7 @@ class Detections:
             self._start(signal_plan, entry, rows, settled, in_task=in_tasks)
         while self._tasks:
             if stop.requested:
-                self._cancel()
+                self.cancel()
                 self.result.stopped = True
                 return
             self._collect(timeout_s=1.0)
@@ -195,12 +195,15 @@ class Detections:
                 self._failed_during_run.add(entry.name)
                 log.warning("%s (tried again at the end of the run)", outcome)
             elif isinstance(outcome, str):
-                self._cancel()
+                self.cancel()
                 raise SigrayError(outcome)
             else:
                 self._save(entry, rows, settled, outcome)
 
-    def _cancel(self) -> None:
+    def cancel(self) -> None:
+        """Cancel the post-processing tasks running (a stop, an error): their signals are done again next time."""
+        if not self._tasks:
+            return
         import ray
 
         for task in self._tasks:

@@ -175,7 +175,9 @@ def execute(
                 result.added_windows = prepared.added_windows
                 result.failed_windows = int(np.count_nonzero(store.read_status()[rows] == FAILED))
                 phase = time.monotonic()
-                if not result.stopped:
+                if result.stopped:
+                    detections.cancel()
+                else:
                     detections.finish(stop)
                 timings["post_processing_s"] = time.monotonic() - phase
                 if result.first_batch_at is not None:
@@ -271,10 +273,12 @@ def _compute(
         supervisor.shutdown(graceful=False)
         raise
     except BaseException:
+        detections.cancel()
         supervisor.save()
         supervisor.shutdown()
         raise
     finally:
+        feed.cancel()  # windowing tasks left by a stop or an error (none after a clean end)
         if schedule is not None:
             ray.kill(schedule, no_restart=True)
     if pool is not None:

@@ -225,6 +225,27 @@ def test_windowing_and_post_processing_in_ray_tasks_find_what_the_driver_finds(r
         assert np.array_equal(in_tasks.signals[name].forecast, in_driver.signals[name].forecast, equal_nan=True)
 
 
+def test_a_run_stopped_while_tasks_window_and_post_process_resumes_with_no_window_asked_twice(
+    ray_session, tmp_path, monkeypatch
+):
+    """A stop (here the deadline) ends the run between the tasks' results: those still running
+    are cancelled, what joined and what was answered is saved, and the rerun asks the rest once."""
+    names = [FIRST, "nyc_taxi", "machine_temperature_system_failure", SECOND]
+    signals = [nab_signal(name) for name in names]
+    monkeypatch.setenv("SIGRAY_TASKS", "always")
+    store, slow = str(tmp_path / "run"), {"delay_s": 0.05}  # 0.05 s a batch of 8: about 20 s of windows
+    stopped = sigray.run(signals, store, engine="test-double", batch_size=8, deadline_s=4, engine_options=slow)
+    assert stopped.stopped and not stopped.complete
+    rerun = sigray.run(signals, store, engine="test-double", batch_size=8)
+    assert rerun.complete and list(rerun.signals) == names
+    status, attempts = RunStore.open(store).read_state()
+    assert (status != PENDING).all() and (attempts == 1).all()  # none asked twice
+    monkeypatch.setenv("SIGRAY_TASKS", "never")
+    reference = sigray.run(signals, str(tmp_path / "reference"), engine="test-double", batch_size=10**4)
+    for name in names:
+        pd.testing.assert_frame_equal(rerun.anomalies[name], reference.anomalies[name])
+
+
 def test_a_windowing_task_that_fails_is_named_and_keeps_the_answers(ray_session):
     """What a windowing task raises reaches the driver through the coordinator call it feeds
     (Ray fails the call, which never runs): a signal sigllm cannot window is named, a task's

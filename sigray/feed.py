@@ -50,6 +50,7 @@ class SignalFeed:
         self.in_tasks = in_tasks  # Ray tasks window the signals (``sigray.tasks.use_tasks``), not the driver
         self.to_window = collections.deque(prepared.unregistered)  # not given to a task yet
         self.windowing: collections.deque = collections.deque()  # tasks' results, in the run's order
+        # Windowed here otherwise, about STEP_S at a time:
         self.batches = registration_batches(plan, list(prepared.unregistered), REGISTER_WINDOWS, max_s=STEP_S)
 
     @property

@@ -28,6 +28,7 @@ from sigray.pipelines.answers import AnswerFormat, sampling_for
 from sigray.pipelines.sigllm_pipeline import SigllmPipeline, SignalPlan
 from sigray.signals import Signal, check_unique_names, load_signal, load_signals, name_of
 from sigray.store import NewSignal, WindowRequest
+from sigray.tasks import tasks_mode
 
 PLAN_MEMORY_MB = 1024.0  # default of $SIGRAY_PLAN_MEMORY_MB
 
@@ -347,6 +348,7 @@ def make_plan(
     """
     started = time.perf_counter()
     memory = MemoryBudget(plan_memory_mb())
+    tasks_mode()  # a bad $SIGRAY_TASKS is refused before anything starts
     pipeline = make_pipeline(config, base_spec)
     if not sources:
         raise InputError("no signals given.")

@@ -445,3 +445,13 @@ def test_a_stopped_runs_last_line_counts_the_signals_not_windowed_yet():
     assert _resumable_line(stopped) == (
         "resumable: 24 of 138 windows done (and 2 more signal(s) not windowed yet); run the same command to resume."
     )
+
+
+def test_a_bad_sigray_tasks_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys, ray_must_not_start):
+    from sigray.cli import main as cli
+
+    monkeypatch.setenv("SIGRAY_TASKS", "sometimes")
+    store = str(tmp_path / "run")
+    assert cli(["run", nab_signal(FIRST), "--store", store, "--engine", "test-double"]) == 2
+    assert "sigray: error: SIGRAY_TASKS='sometimes': expected one of auto, always, never" in capsys.readouterr().err
+    assert not os.path.exists(store)

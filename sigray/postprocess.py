@@ -218,7 +218,7 @@ class Detections:
             result_sets.write_result(self.store.group, self.sid, entry, arrays)
         if self.result.result_set is None:
             self.kept.check()
-            name = self.plan.pipeline.detection_name()
+            name = self.plan.pipeline.detection_name(self.store.meta.get("pipeline_base_spec"))
             self.result.result_set = result_sets.ensure_set(
                 self.store.group, self.plan.detection_fingerprint, name, self.plan.detection
             )

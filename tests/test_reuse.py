@@ -56,6 +56,24 @@ def test_a_new_detection_setting_generates_nothing_and_equals_a_fresh_run(ray_se
     pd.testing.assert_frame_equal(back.anomalies[CPU], first.anomalies[CPU])
 
 
+def test_a_pipeline_dict_edited_after_the_llm_step_names_its_edit(ray_session, tmp_path):
+    """A pipeline given as a dict (or JSON file) names a new result set by what changed since the
+    store was made, as ``--param`` does: two sets are not both "defaults"."""
+    import copy
+
+    from sigray.pipelines.sigllm_pipeline import load_pipeline_spec
+
+    store, signal = str(tmp_path / "run"), nab_signal(CPU)
+    spec = load_pipeline_spec("mistral_detector")
+    first = _run([signal], store, pipeline=spec)
+    edited = copy.deepcopy(spec)
+    edited["init_params"][FIND]["window_size_portion"] = 0.5
+    tuned = _run([signal], store, pipeline=edited)
+    assert tuned.computed_windows == 0 and first.result_set.name == "defaults"
+    assert tuned.result_set.name == "find_anomalies#1.window_size_portion=0.5"
+    assert [s.name for s in sigray.open(store).result_sets()] == ["defaults", tuned.result_set.name]
+
+
 def test_a_detection_setting_sigllm_fails_on_is_named_and_the_answers_stay(ray_session, tmp_path):
     """sigllm's own error in post-processing (here numpy has no ``nope``) is one line naming the
     signal and the way on, in the driver and in a Ray task; no set is left half made."""

@@ -530,10 +530,12 @@ class SigllmPipeline:
             "fix_error_units": self.fix_units,
         }
 
-    def detection_name(self) -> str:
-        """The detection settings in a few words: what differs from the pipeline's own."""
+    def detection_name(self, reference_spec: dict | None = None) -> str:
+        """The detection settings in a few words: what differs from ``reference_spec``'s (the
+        pipeline the store was made with: a pipeline JSON or dict edited since names its edits),
+        else from the pipeline's own."""
         ours = self.detection_settings()
-        stock = SigllmPipeline(self.name, base_spec=self.base_spec).detection_settings()
+        stock = SigllmPipeline(self.name, base_spec=reference_spec or self.base_spec).detection_settings()
         changes = settings_changes(stock, ours)
         return (
             ", ".join(f"{key}={new if isinstance(new, str) else canonical_json(new)}" for key, _, new in changes)

@@ -240,11 +240,11 @@ class Coordinator:
             self.requests.forget_from(before)
             settled_before = self.done + self.failed
             self._need(entries)
+            settled = self.done + self.failed - settled_before  # now: workers' reports go on during the await
             # `sigray status` counts the registered windows at once: say how many signals are still to join.
             to_add = len(self.wanted - self.joined)
             await asyncio.to_thread(self.store.record_progress, *self._saved, self.prompt_tokens, to_add)
         self._update_events()
-        settled = self.done + self.failed - settled_before
         grown = self.store.n_windows - before
         log.info("%d signal(s) joined the run: %d new rows, %d windows already settled", len(new), grown, settled)
         return AddedSignals(entries, grown, settled)

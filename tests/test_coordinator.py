@@ -281,6 +281,35 @@ def test_signals_added_to_a_live_run_are_served_once_and_the_run_waits_for_every
     assert (store.read_status() == DONE).all() and (store.read_state()[1] == 1).all()
 
 
+def test_answers_reported_while_signals_are_added_are_not_counted_as_resumed(tmp_path):
+    """A worker's report handled while ``add_signals`` writes its progress sample (an await) is
+    this run's work: counting it among the windows found settled made ``computed`` short."""
+    import threading
+
+    path = make_store(str(tmp_path / "s"))
+
+    async def scenario():
+        c = coordinator(path, batch_size=100, names=("a", "b", "c"))
+        batch = await c.lease_batch("w")
+        writing, go_on = threading.Event(), threading.Event()
+        record = c.store.record_progress
+
+        def held_record(*args):  # the progress sample's write, held until the report is in
+            writing.set()
+            go_on.wait(30)
+            return record(*args)
+
+        c.store.record_progress = held_record
+        adding = asyncio.create_task(c.add_signals([_signal("c", range(50, 52))]))
+        await asyncio.to_thread(writing.wait, 30)
+        await c.report(report(batch))  # the coordinator handles it while the addition awaits its write
+        go_on.set()
+        return c, await adding
+
+    c, added = run(scenario())
+    assert added.settled == 0 and c.resumed_settled == 0 and c.done == N
+
+
 def test_a_restarted_coordinator_serves_the_signals_that_joined_and_waits_for_the_rest(tmp_path):
     path = make_store(str(tmp_path / "s"))
     owner = new_owner_id()

@@ -18,8 +18,9 @@ class InputError(SigrayError):
 
 
 class WindowingError(InputError):
-    """sigllm cannot window signal ``signal`` (too short for one window, or sigllm's own error):
-    found before any window of the run was asked."""
+    """Signal ``signal`` cannot be windowed: too short for one window, sigllm's own error, or its
+    file gone or changed since planning (read again where it is used). Raised before any window
+    of the run was asked; a run that started stops with SignalStoppedRun."""
 
     def __init__(self, signal: str, message: str):
         super().__init__(message)

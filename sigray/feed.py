@@ -71,12 +71,12 @@ class SignalFeed:
         stays unreachable."""
         if self.done:
             return False
-        if self.in_tasks:
-            self._step_in_tasks()
-            return False
         try:
+            if self.in_tasks:
+                self._step_in_tasks()
+                return False
             batch = next(self.batches)
-        except InputError as exc:  # not exit 2: the run had started (README: exit codes)
+        except InputError as exc:  # a signal's data gone, or sigllm failing on it; not exit 2: the run started
             raise _stopped_on(exc) from None
         import ray
 

@@ -182,14 +182,19 @@ class PlannedSignal:
 
     @property
     def signal(self) -> Signal:
-        """The signal's data, read again from its file when it was dropped. Raises InputError
-        when the file no longer holds the data planned (changed while the run ran)."""
+        """The signal's data, read again from its file when it was dropped. Raises WindowingError
+        (this signal cannot be windowed now) when the file is gone, unreadable, or no longer
+        holds the data planned (changed while the run ran)."""
         if self._signal is None:
-            signal = self._reload()
+            try:
+                signal = self._reload()
+            except InputError as exc:
+                raise WindowingError(self.name, f"signal {self.name!r}, read again where it is used: {exc}") from None
             if signal.digest() != self.digest:
-                raise InputError(
+                raise WindowingError(
+                    self.name,
                     f"signal {self.name!r}: its file changed while the run ran (its data is not what was planned); "
-                    "run the same command again to plan the new data."
+                    "run the same command again to plan the new data.",
                 )
             self._signal = signal
         return self._signal

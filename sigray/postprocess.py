@@ -121,10 +121,12 @@ class Detections:
         self._next_check = time.monotonic() + self.check_every_s
 
     def finish(self, stop: StopRequested) -> None:
-        """Every signal not done yet; one with windows still pending is left ``missing``. A stop
-        request (SIGTERM, deadline) ends it between two signals: what is saved stays."""
+        """Every signal not done yet; one with windows still pending is left without a result
+        (the runner lists it ``missing``). A stop request (SIGTERM, deadline) ends it between
+        two signals: what is saved stays."""
         status = self.store.read_status()
         left = self._left()
+        pending = set()
         in_tasks = tasks.use_tasks(len(left) + len(self._tasks))
         room = tasks.in_flight() if in_tasks else 0
         for signal_plan, entry in left:
@@ -133,7 +135,7 @@ class Detections:
             rows = self.store.signal_rows(entry)
             settled = status[rows]
             if (settled == PENDING).any():
-                self.result.missing.append(entry.name)
+                pending.add(entry.name)
                 continue
             while in_tasks and len(self._tasks) >= room and not stop.requested:
                 self._collect(timeout_s=1.0)
@@ -144,7 +146,7 @@ class Detections:
                 self.result.stopped = True
                 return
             self._collect(timeout_s=1.0)
-        if stop.requested and any(entry.name not in self.result.missing for _, entry in self._left()):
+        if stop.requested and any(entry.name not in pending for _, entry in self._left()):
             self.result.stopped = True  # a stop after the last signal's result stops nothing
             return
         order = {name: i for i, name in enumerate(self.planned)}

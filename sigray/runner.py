@@ -68,7 +68,7 @@ class RunResult:
     store: str
     model: str = ""
     signals: dict[str, SignalResult] = field(default_factory=dict)
-    missing: list[str] = field(default_factory=list)  # signals left without a result (windows still pending)
+    missing: list[str] = field(default_factory=list)  # signals left without a result (pending windows, a stop)
     unregistered: list[str] = field(default_factory=list)  # of those, signals a stop left unwindowed
     n_signals: int = 0
     total_windows: int = 0
@@ -167,7 +167,6 @@ def execute(
                     _compute(plan, model_path, prepared, result, on_progress, stop, ray_options or {}, detections, pool)
                 timings["windows_s"] = time.monotonic() - phase
                 result.unregistered = [p.name for p in prepared.unregistered]  # a stop came first
-                result.missing += result.unregistered
                 rows = prepared.rows  # with the signals added as the run went
                 result.total_windows = len(rows)
                 result.n_signals = len(prepared.entries)
@@ -180,6 +179,7 @@ def execute(
                 else:
                     detections.finish(stop)
                 timings["post_processing_s"] = time.monotonic() - phase
+                result.missing = [p.name for p in plan.plans if p.name not in result.signals]
                 if result.first_batch_at is not None:
                     timings["first_batch_s"] = result.first_batch_at - started_at
                 if result.unanswered:

@@ -6,7 +6,8 @@ Tasks return what they made; the driver (or the coordinator, for windows) writes
 store keeps one writer. A task is worth it only with CPUs beside the engines' workers: on the
 2 cores measured here, post-processing in tasks was 15% slower than the driver alone
 (benchmarks/README.md "Scale"). ``$SIGRAY_TASKS`` overrides the choice: ``never`` (the driver
-alone), ``always`` (tasks whenever Ray is up, however few CPUs: benchmarks compare), ``auto``.
+alone), ``always`` (tasks whenever Ray is up with a CPU free beside the workers, however few:
+benchmarks compare), ``auto``.
 """
 
 from __future__ import annotations
@@ -39,9 +40,11 @@ def use_tasks(n_signals: int, busy_cpus: float = 0.0) -> bool:
     if n_signals == 0 or ray is None or not ray.is_initialized():
         return False
     mode = tasks_mode()
-    if mode != "auto":
-        return mode == "always"
+    if mode == "never":
+        return False
     free = ray.available_resources().get("CPU", 0) - busy_cpus
+    if mode == "always":
+        return free >= 1  # a task needs a CPU: with none beside the workers it would wait forever
     return n_signals >= TASKS_FROM and free >= TASKS_FREE_CPUS
 
 

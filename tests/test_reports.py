@@ -218,6 +218,7 @@ def test_a_stopped_run_says_so_in_json_too(ray_session, tmp_path, capsys):
     assert cli(args) == 75
     printed = json.loads(capsys.readouterr().out)
     assert printed["stopped"] is True and printed["complete"] is False and "resumable:" in printed["message"]
+    assert printed["missing_signals"] == [CPU]  # stopped before its result: listed, as `sigray results` lists it
 
 
 def test_json_is_alone_on_stdout_when_ray_reports_a_worker_that_died(tmp_path, short_tmp):

@@ -236,6 +236,7 @@ def test_a_run_stopped_while_tasks_window_and_post_process_resumes_with_no_windo
     store, slow = str(tmp_path / "run"), {"delay_s": 0.05}  # 0.05 s a batch of 8: about 20 s of windows
     stopped = sigray.run(signals, store, engine="test-double", batch_size=8, deadline_s=4, engine_options=slow)
     assert stopped.stopped and not stopped.complete
+    assert stopped.missing == [name for name in names if name not in stopped.signals] != []  # every one left
     rerun = sigray.run(signals, store, engine="test-double", batch_size=8)
     assert rerun.complete and list(rerun.signals) == names
     status, attempts = RunStore.open(store).read_state()
@@ -244,6 +245,21 @@ def test_a_run_stopped_while_tasks_window_and_post_process_resumes_with_no_windo
     reference = sigray.run(signals, str(tmp_path / "reference"), engine="test-double", batch_size=10**4)
     for name in names:
         pd.testing.assert_frame_equal(rerun.anomalies[name], reference.anomalies[name])
+
+
+def test_tasks_are_not_asked_for_when_the_workers_hold_every_cpu(ray_session, tmp_path, monkeypatch):
+    """``SIGRAY_TASKS=always`` with no CPU beside the workers windows in the driver: a task
+    would wait for a CPU forever, and the run with it."""
+    from sigray.plan import RunPlan
+
+    names = [FIRST, "nyc_taxi", "machine_temperature_system_failure"]
+    windowed_here, window = [], RunPlan.new_signal
+    monkeypatch.setattr(RunPlan, "new_signal", staticmethod(lambda p: windowed_here.append(p.name) or window(p)))
+    monkeypatch.setenv("SIGRAY_TASKS", "always")
+    cpus = int(ray_session.available_resources()["CPU"])
+    settings = {"engine": "test-double", "batch_size": 8, "workers": cpus}
+    result = sigray.run([nab_signal(name) for name in names], str(tmp_path / "run"), **settings)
+    assert result.complete and windowed_here == names
 
 
 def test_a_windowing_task_that_fails_is_named_and_keeps_the_answers(ray_session):
@@ -282,7 +298,8 @@ def test_tasks_are_used_with_cpus_to_spare_beside_the_workers(ray_session, monke
     assert not tasks.use_tasks(tasks.TASKS_FROM, busy_cpus=free - tasks.TASKS_FREE_CPUS + 1)
     assert not tasks.use_tasks(tasks.TASKS_FROM - 1)  # a task's first use imports sigllm: seconds
     monkeypatch.setenv("SIGRAY_TASKS", "always")
-    assert tasks.use_tasks(1, busy_cpus=free) and not tasks.use_tasks(0)
+    assert tasks.use_tasks(1, busy_cpus=free - 1) and not tasks.use_tasks(0)
+    assert not tasks.use_tasks(100, busy_cpus=free)  # no CPU beside the workers: a task would wait forever
     monkeypatch.setenv("SIGRAY_TASKS", "never")
     assert not tasks.use_tasks(100)
     monkeypatch.setenv("SIGRAY_TASKS", "sometimes")
@@ -377,6 +394,36 @@ def test_a_signal_whose_file_went_or_changed_after_it_joined_is_post_processed_f
     for name in files:
         pd.testing.assert_frame_equal(result.anomalies[name], reference.anomalies[name])
         assert np.array_equal(result.signals[name].forecast, reference.signals[name].forecast, equal_nan=True)
+
+
+@pytest.mark.parametrize("tasks", ["never", "always"])
+def test_a_signal_file_gone_before_it_is_windowed_stops_the_run_naming_it(ray_session, tmp_path, monkeypatch, tasks):
+    """Past the memory budget a signal's file is read again where it is windowed; gone by then,
+    the run stops naming it (exit 1: the answers so far are saved) and a rerun without it goes on."""
+    from sigray import feed
+    from sigray.errors import SignalStoppedRun
+
+    names = [FIRST, "nyc_taxi", "machine_temperature_system_failure"]
+    paths = {name: tmp_path / f"{name}.csv" for name in names}
+    for name, path in paths.items():
+        shutil.copy(nab_signal(name), path)
+    step = feed.SignalFeed.step
+
+    def deleting_first(self):
+        if paths["nyc_taxi"].exists():
+            paths["nyc_taxi"].unlink()
+        return step(self)
+
+    monkeypatch.setenv("SIGRAY_PLAN_MEMORY_MB", "0")  # nothing kept: read again where used
+    monkeypatch.setenv("SIGRAY_TASKS", tasks)
+    monkeypatch.setattr(feed.SignalFeed, "step", deleting_first)
+    store = str(tmp_path / "run")
+    with pytest.raises(SignalStoppedRun, match=r"signal 'nyc_taxi'.*no such file. \(The windows answered") as info:
+        sigray.run([str(path) for path in paths.values()], store, engine="test-double", batch_size=8)
+    assert info.value.signal == "nyc_taxi"
+    monkeypatch.undo()
+    rest = [str(paths[FIRST]), str(paths["machine_temperature_system_failure"])]
+    assert sigray.run(rest, store, engine="test-double", batch_size=8).complete
 
 
 @pytest.mark.parametrize("value", ["abc", "-5", "inf", "nan"])

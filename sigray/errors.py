@@ -28,8 +28,8 @@ class WindowingError(InputError):
 
 
 class SignalStoppedRun(SigrayError):
-    """A run stopped on signal ``signal``, which sigllm could not window once the run had
-    started (``reason``); the windows answered before are saved."""
+    """A run stopped on signal ``signal``, which could not be windowed once the run had started
+    (``reason``: a WindowingError's); the windows answered before are saved."""
 
     def __init__(self, signal: str, reason: str):
         super().__init__(f"{reason}{ANSWERS_SAVED}")

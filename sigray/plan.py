@@ -125,7 +125,7 @@ class RunPlan:
 def new_signals(signals: list[Signal], pipeline, normal, answers, generation: str) -> list[NewSignal]:
     """``signals`` windowed with sigllm and packed for ``RunStore.add_signals``, away from the
     run's plan (``RunPlan.windowing`` gives the rest): what a Ray task returns (``sigray.feed``).
-    Raises InputError naming a signal sigllm cannot window."""
+    Raises WindowingError naming a signal sigllm cannot window."""
     plans = [PlannedSignal(signal, pipeline, normal, answers, generation) for signal in signals]
     return [RunPlan.new_signal(plan) for plan in plans]
 

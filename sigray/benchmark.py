@@ -26,6 +26,7 @@ import pandas as pd
 from sigray.errors import InputError, SignalStoppedRun, WindowingError
 from sigray.evaluate import METHODS, confusion, load_labels, scores
 from sigray.messages import Progress
+from sigray.pool import WorkerPool
 from sigray.progress import ProgressDisplay
 from sigray.runner import RunResult
 from sigray.signals import name_of
@@ -156,41 +157,46 @@ def benchmark(
     run_of: dict[str, RunResult] = {}  # signal name -> its run
     started = time.monotonic()
     prepared: set[str] = set()  # stores a run of this call prepared
-    for where, params, group in _parameter_sets(found, config, store):
-        group_config = config.replace(store=where, pipeline_params=params)
-        while True:
-            left_s = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - started))
-            if runs and (any(run.stopped for run in runs.values()) or left_s == 0.0):
-                break  # a stop ends the benchmark: the signals left stay PENDING, the same command goes on
-            with ProgressDisplay(quiet=not progress) as planning:
-                sources = [(s.name, s.path) for s in group if s.name not in rejected]
-                plan = make_plan(
-                    group_config,
-                    sources,
-                    settled=settled_in(group_config, new),
-                    rejected=rejected,
-                    on_planned=planning.planned,
-                )
-            if not plan.plans:
+    pool = WorkerPool()  # engines stay loaded from one store to the next, and after a signal stopped a run
+    try:
+        for where, params, group in _parameter_sets(found, config, store):
+            group_config = config.replace(store=where, pipeline_params=params)
+            while True:
+                left_s = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - started))
+                if runs and (any(run.stopped for run in runs.values()) or left_s == 0.0):
+                    break  # a stop ends the benchmark: the signals left stay PENDING, the same command goes on
+                with ProgressDisplay(quiet=not progress) as planning:
+                    sources = [(s.name, s.path) for s in group if s.name not in rejected]
+                    plan = make_plan(
+                        group_config,
+                        sources,
+                        settled=settled_in(group_config, new),
+                        rejected=rejected,
+                        on_planned=planning.planned,
+                    )
+                if not plan.plans:
+                    break
+                try:
+                    runs[where] = run_plan(
+                        plan,
+                        on_progress=on_progress,
+                        progress=progress,
+                        deadline_s=left_s,
+                        ray_options=ray_options,
+                        new=new and where not in prepared,  # --new replaces a store once, never the answers since
+                        pool=pool,
+                    )
+                except (WindowingError, SignalStoppedRun) as exc:
+                    # sigllm could not window it: its row says why; the others go on from what is saved.
+                    if isinstance(exc, SignalStoppedRun):  # the store was prepared (replaced, with --new)
+                        prepared.add(where)
+                    rejected[exc.signal] = getattr(exc, "reason", str(exc))
+                    log.warning("signal %r: %s; benchmarking the others", exc.signal, rejected[exc.signal])
+                    continue
+                run_of.update(dict.fromkeys((s.name for s in group), runs[where]))
                 break
-            try:
-                runs[where] = run_plan(
-                    plan,
-                    on_progress=on_progress,
-                    progress=progress,
-                    deadline_s=left_s,
-                    ray_options=ray_options,
-                    new=new and where not in prepared,  # --new replaces a store once, never the answers since
-                )
-            except (WindowingError, SignalStoppedRun) as exc:
-                # sigllm could not window it: its row says why; the others go on from what is saved.
-                if isinstance(exc, SignalStoppedRun):  # the store was prepared (replaced, with --new)
-                    prepared.add(where)
-                rejected[exc.signal] = getattr(exc, "reason", str(exc))
-                log.warning("signal %r: %s; benchmarking the others", exc.signal, rejected[exc.signal])
-                continue
-            run_of.update(dict.fromkeys((s.name for s in group), runs[where]))
-            break
+    finally:
+        pool.close()
     pipeline = config.pipeline
     rows = [_row(s, pipeline, rejected, run_of.get(s.name), known, METHODS[method]) for s in found]
     table = pd.DataFrame(rows, columns=[*SIGNAL_COLUMNS, *SCORE_COLUMNS, "reason"])

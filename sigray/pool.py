@@ -49,9 +49,11 @@ class WorkerPool:
 
 def close_workers(workers: list) -> None:
     """Close engines gracefully (their processes, GPU memory; at most ``CLOSE_S``), then kill the actors."""
+    if not workers:
+        return
     import ray
 
-    if not workers or not ray.is_initialized():
+    if not ray.is_initialized():
         return
     closing = [worker.close.remote() for worker in workers]
     ray.wait(closing, num_returns=len(closing), timeout=CLOSE_S)

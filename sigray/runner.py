@@ -272,10 +272,14 @@ def _compute(
     except KeyboardInterrupt:  # a second Ctrl-C: quit at once
         supervisor.shutdown(graceful=False)
         raise
-    except BaseException:
+    except BaseException as exc:
         detections.cancel()
         supervisor.save()
-        supervisor.shutdown()
+        # A signal that stopped the run leaves the engines sound: the caller's next attempt may use them.
+        keep = pool is not None and isinstance(exc, SignalStoppedRun)
+        idle = supervisor.shutdown(keep=keep)
+        if keep:
+            pool.keep(spec, worker_options, idle)
         raise
     finally:
         feed.cancel()  # windowing tasks left by a stop or an error (none after a clean end)
@@ -531,6 +535,7 @@ class _Supervisor:
         ``CLOSE_S`` to exit (``graceful``; not after a second Ctrl-C); workers never placed none."""
         import ray
 
+        self._note_ready()  # workers that came up since the last check (the feed may have held the loop)
         ending = [ref for ref, worker_id in self.runs.items() if worker_id in self.placed]
         if keep and ending:
             ended, _ = ray.wait(ending, num_returns=len(ending), timeout=CLOSE_S)

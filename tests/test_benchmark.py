@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import time
 
 import pandas as pd
 import pytest
@@ -177,6 +178,7 @@ def test_a_dataset_sigllm_has_parameters_for_runs_with_them_in_a_store_of_its_ow
     settings = {"engine": "test-double", "pipeline": "mistral_prompter", "batch_size": 64, "progress": False}
     board = benchmark([nab, str(tweets)], store, LABELS, **settings)
     assert board.complete and list(board.runs) == [store, f"{store}-realtweets"]
+    assert board.runs[f"{store}-realtweets"].workers_reused == 1  # the first store's engine, still loaded
     assert sorted(board.signals["dataset"]) == ["nab", "realTweets"] and (board.signals["status"] == OK).all()
     params = {path: RunStore.open(path).config["pipeline_params"] for path in board.runs}
     assert aggregate not in params[store]
@@ -214,12 +216,17 @@ def test_a_signal_sigllm_fails_to_window_is_an_error_row_and_the_others_run_once
 
     def fails_on_one(self, signal, normal=None):  # a test double of a sigllm failure no check foresees
         if signal.name == failing:
+            if failing == "nyc_taxi":  # mid-run: once the engines answer (they serve the next attempt)
+                deadline = time.monotonic() + 120
+                while not os.path.exists(log) or os.path.getsize(log) == 0:
+                    assert time.monotonic() < deadline, "no window answered"
+                    time.sleep(0.1)  # polling interval of an observer
             raise WindowingError(signal.name, f"sigllm could not window signal {signal.name!r} (a test double).")
         return windowing(self, signal, normal)
 
-    monkeypatch.setattr(SigllmPipeline, "plan", fails_on_one)
     names = ["ambient_temperature_system_failure", CPU, "machine_temperature_system_failure", "nyc_taxi"]
     folder, store, log = _folder(tmp_path, *names), str(tmp_path / "store"), str(tmp_path / "generated")
+    monkeypatch.setattr(SigllmPipeline, "plan", fails_on_one)
     options = {**engine_options, "log_path": log}
     settings = {"engine": "test-double", "batch_size": 8, "flush_interval_s": 0.2, "engine_options": options}
     board = benchmark([folder], store, LABELS, new=True, progress=False, **settings)
@@ -230,4 +237,6 @@ def test_a_signal_sigllm_fails_to_window_is_an_error_row_and_the_others_run_once
     with open(log) as f:
         prompts = [line.split()[0] for line in f]
     assert len(prompts) == len(set(prompts)) == board.result.total_windows  # each window asked once
+    # After a signal stopped a run, its engines serve the next attempt (a GPU model is not loaded again).
+    assert board.result.workers_reused == (1 if failing == "nyc_taxi" else 0)
     assert rows.drop(index=failing)["windows"].sum() >= board.result.total_windows

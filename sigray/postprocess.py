@@ -127,7 +127,8 @@ class Detections:
         status = self.store.read_status()
         left = self._left()
         pending = set()
-        in_tasks = tasks.use_tasks(len(left) + len(self._tasks))
+        # As during the run, or now that the workers are gone (Ray frees their CPUs a moment after).
+        in_tasks = self.in_tasks or tasks.use_tasks(len(left) + len(self._tasks))
         room = tasks.in_flight() if in_tasks else 0
         for signal_plan, entry in left:
             if stop.requested:

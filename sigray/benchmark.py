@@ -191,7 +191,7 @@ def benchmark(
                     if isinstance(exc, SignalStoppedRun):  # the store was prepared (replaced, with --new)
                         prepared.add(where)
                     rejected[exc.signal] = getattr(exc, "reason", str(exc))
-                    log.warning("signal %r: %s; benchmarking the others", exc.signal, rejected[exc.signal])
+                    log.warning("%s (On its ERROR row; the others go on.)", rejected[exc.signal])
                     continue
                 run_of.update(dict.fromkeys((s.name for s in group), runs[where]))
                 break

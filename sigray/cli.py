@@ -144,7 +144,7 @@ def cmd_detect(args) -> int:
 
 @_sigterm_stops_gracefully
 def cmd_benchmark(args) -> int:
-    from sigray.benchmark import ERROR, OK, plot_leaderboard
+    from sigray.benchmark import ERROR, OK, PENDING, plot_leaderboard
     from sigray.benchmark import benchmark as run_benchmark
 
     _check_output_folder(args.output)  # before any work: a refusal leaves nothing behind
@@ -203,8 +203,12 @@ def cmd_benchmark(args) -> int:
             '(signal,events with "[]"; the signal,start,end format cannot list it).',
             file=sys.stderr,
         )
-    if board.stopped:
-        print(_resumable_line(board.result))
+    if board.stopped:  # the benchmark as a whole, then the store it stopped in (its others may not have started)
+        pending = int((signals["status"] == PENDING).sum())
+        print(
+            f"resumable: {pending} of {len(signals)} signal(s) still pending; stopped in {board.result.store}: "
+            f"{_windows_done(board.result)}; run the same command to resume."
+        )
         return EXIT_RESUMABLE
     if not board.complete:
         print("sigray: incomplete: PENDING signals have windows to answer; run the same command.", file=sys.stderr)
@@ -225,12 +229,16 @@ def _windows_line(runs) -> str:
 
 
 def _resumable_line(result) -> str:
+    return f"resumable: {_windows_done(result)}; run the same command to resume."
+
+
+def _windows_done(result) -> str:
     done = result.resumed_windows + result.computed_windows
     all_done = done == result.total_windows and not result.unregistered
     post = f", {len(result.signals)} of {result.n_signals} signals post-processed" if all_done else ""
     if result.unregistered:  # their windows are not counted: nobody has made them yet
         post = f" (and {len(result.unregistered)} more signal(s) not windowed yet)"
-    return f"resumable: {done} of {result.total_windows} windows done{post}; run the same command to resume."
+    return f"{done} of {result.total_windows} windows done{post}"
 
 
 def _check_output_folder(path: str) -> None:

@@ -79,11 +79,15 @@ def test_every_signal_has_a_row_the_runnable_ones_are_scored_and_a_rerun_compute
     assert f"windows: {first[1]} in 1 store(s): {first[1]} reused, 0 generated, 0 failed" in capsys.readouterr().out
 
 
-def test_a_stopped_benchmark_lists_its_unfinished_signals_and_a_rerun_finishes_them(ray_session, tmp_path):
+def test_a_stopped_benchmark_lists_its_unfinished_signals_and_a_rerun_finishes_them(ray_session, tmp_path, capsys):
     folder = _folder(tmp_path, CPU, SHORT)
     store = str(tmp_path / "store")
     settings = {"engine": "test-double", "batch_size": 16, "flush_interval_s": 0.5}
 
+    out = str(tmp_path / "board")
+    assert cli(["benchmark", folder, "--labels", LABELS, "--store", store, "-o", out, *RUN, "--deadline", "0"]) == 75
+    line = capsys.readouterr().out.strip().splitlines()[-1]  # the benchmark's count, then the store it stopped in
+    assert line.startswith(f"resumable: 1 of 2 signal(s) still pending; stopped in {store}: 0 of 111 windows done")
     stopped = benchmark([folder], store, LABELS, deadline_s=0, **settings)
     assert stopped.stopped and not stopped.complete
     status = dict(zip(stopped.signals["signal"], stopped.signals["status"]))
@@ -204,7 +208,7 @@ def test_a_dataset_sigllm_has_parameters_for_runs_with_them_in_a_store_of_its_ow
     ],
 )
 def test_a_signal_sigllm_fails_to_window_is_an_error_row_and_the_others_run_once(
-    ray_session, tmp_path, monkeypatch, failing, engine_options
+    ray_session, tmp_path, monkeypatch, caplog, failing, engine_options
 ):
     """The benchmark windows each signal where it is first used, not at planning (issue 16.3): a
     failure no check foresees ends the run attempt, which goes on without that signal from what
@@ -233,6 +237,8 @@ def test_a_signal_sigllm_fails_to_window_is_an_error_row_and_the_others_run_once
 
     rows = board.signals.set_index("signal")
     assert rows.loc[failing, "status"] == ERROR and "(a test double)" in rows.loc[failing, "reason"]
+    said = f"sigllm could not window signal '{failing}' (a test double). (On its ERROR row; the others go on.)"
+    assert said in caplog.text
     assert (rows.drop(index=failing)["status"] == OK).all() and board.complete
     with open(log) as f:
         prompts = [line.split()[0] for line in f]

@@ -5,19 +5,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import warnings
 from collections.abc import Callable
 
 from sigray.config import RunConfig
 from sigray.engines import check_ready, engine_class
-from sigray.errors import ConfigError, NoWindowFits, SigrayWarning
+from sigray.errors import ConfigError, NoWindowFits
 from sigray.messages import Progress
 from sigray.plan import RunPlan, make_plan
 from sigray.pool import WorkerPool
 from sigray.prepare import settled_signals
 from sigray.progress import ProgressDisplay
 from sigray.runner import RunResult, execute
-from sigray.signals import frame_of, signal_from_frame
+from sigray.signals import signal_from_store
 
 
 def run(
@@ -138,18 +137,14 @@ def plan_from_store(path: str, pipeline_params: dict | None = None, fix_error_un
     if fix_error_units is not None:
         changes["fix_error_units"] = fix_error_units
     config = RunConfig(**{**stored, **changes})
-    sources = [(entry.name, frame_of(*store.read_signal(entry))) for entry in store.signals]
+    sources = [signal_from_store(entry.name, *store.read_signal(entry)) for entry in store.signals]
     normal_data = store.read_normal()
+    normal = None if normal_data is None else signal_from_store("normal", *normal_data)
 
     def stored(generation: str) -> dict[str, str]:  # detect computes nothing: preprocess only what it post-processes
         return {e.name: e.digest for e in store.signals} if generation == store.fingerprint else {}
 
-    with warnings.catch_warnings():
-        # Odd timestamps were named when the run read its files, by their line numbers there;
-        # the store's rows count from 0, so saying it again here would name other rows.
-        warnings.filterwarnings("ignore", r".*: timestamps (repeat|go back in time)", SigrayWarning)
-        normal = None if normal_data is None else signal_from_frame("normal", frame_of(*normal_data))
-        plan = make_plan(config, sources, base_spec=store.meta.get("pipeline_base_spec"), normal=normal, settled=stored)
+    plan = make_plan(config, sources, base_spec=store.meta.get("pipeline_base_spec"), normal=normal, settled=stored)
     if plan.fingerprint != store.fingerprint:
         error = mismatch_error(store.path, store.identity, plan.identity)
         raise ConfigError(

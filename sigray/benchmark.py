@@ -158,43 +158,44 @@ def benchmark(
     started = time.monotonic()
     prepared: set[str] = set()  # stores a run of this call prepared
     pool = WorkerPool()  # engines stay loaded from one store to the next, and after a signal stopped a run
+
+    def run_store(where: str, group_config, group: list[BenchmarkSignal]) -> RunResult | None:
+        """One store's run, again without each signal that cannot be windowed (on its ERROR row),
+        from what is saved; None when no signal is left or the benchmark is out of time."""
+        while True:
+            left_s = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - started))
+            if runs and left_s == 0.0:
+                return None
+            with ProgressDisplay(quiet=not progress) as planning:
+                sources = [(s.name, s.path) for s in group if s.name not in rejected]
+                settled = settled_in(group_config, new)
+                plan = make_plan(group_config, sources, settled=settled, rejected=rejected, on_planned=planning.planned)
+            if not plan.plans:
+                return None
+            try:
+                return run_plan(
+                    plan,
+                    on_progress=on_progress,
+                    progress=progress,
+                    deadline_s=left_s,
+                    ray_options=ray_options,
+                    new=new and where not in prepared,  # --new replaces a store once, never the answers since
+                    pool=pool,
+                )
+            except (WindowingError, SignalStoppedRun) as exc:
+                if isinstance(exc, SignalStoppedRun):  # the store was prepared (replaced, with --new)
+                    prepared.add(where)
+                rejected[exc.signal] = exc.reason
+                log.warning("%s (On its ERROR row; the others go on.)", exc.reason)
+
     try:
         for where, params, group in _parameter_sets(found, config, store):
-            group_config = config.replace(store=where, pipeline_params=params)
-            while True:
-                left_s = None if deadline_s is None else max(0.0, deadline_s - (time.monotonic() - started))
-                if runs and (any(run.stopped for run in runs.values()) or left_s == 0.0):
-                    break  # a stop ends the benchmark: the signals left stay PENDING, the same command goes on
-                with ProgressDisplay(quiet=not progress) as planning:
-                    sources = [(s.name, s.path) for s in group if s.name not in rejected]
-                    plan = make_plan(
-                        group_config,
-                        sources,
-                        settled=settled_in(group_config, new),
-                        rejected=rejected,
-                        on_planned=planning.planned,
-                    )
-                if not plan.plans:
-                    break
-                try:
-                    runs[where] = run_plan(
-                        plan,
-                        on_progress=on_progress,
-                        progress=progress,
-                        deadline_s=left_s,
-                        ray_options=ray_options,
-                        new=new and where not in prepared,  # --new replaces a store once, never the answers since
-                        pool=pool,
-                    )
-                except (WindowingError, SignalStoppedRun) as exc:
-                    # sigllm could not window it: its row says why; the others go on from what is saved.
-                    if isinstance(exc, SignalStoppedRun):  # the store was prepared (replaced, with --new)
-                        prepared.add(where)
-                    rejected[exc.signal] = getattr(exc, "reason", str(exc))
-                    log.warning("%s (On its ERROR row; the others go on.)", rejected[exc.signal])
-                    continue
-                run_of.update(dict.fromkeys((s.name for s in group), runs[where]))
-                break
+            if any(run.stopped for run in runs.values()):
+                break  # a stop ends the benchmark: the signals left stay PENDING, the same command goes on
+            result = run_store(where, config.replace(store=where, pipeline_params=params), group)
+            if result is not None:
+                runs[where] = result
+                run_of.update(dict.fromkeys((s.name for s in group), result))
     finally:
         pool.close()
     pipeline = config.pipeline

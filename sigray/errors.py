@@ -25,6 +25,7 @@ class WindowingError(InputError):
     def __init__(self, signal: str, message: str):
         super().__init__(message)
         self.signal = signal
+        self.reason = message
 
 
 class SignalStoppedRun(SigrayError):
@@ -77,3 +78,12 @@ class ResultsUnavailableError(StoreError):
 
 class SigrayWarning(UserWarning):
     """Odd but usable input or settings (unsorted timestamps, mostly imputed points...)."""
+
+
+def stopped_by(exc: InputError) -> SigrayError:
+    """The error that stops a started run on bad input: SignalStoppedRun naming a signal that
+    cannot be windowed (``sigray.benchmark`` puts it on its row and goes on), else ``exc`` with
+    the answers said saved (exit 1, not 2: something was written)."""
+    if isinstance(exc, WindowingError):
+        return SignalStoppedRun(exc.signal, exc.reason)
+    return SigrayError(f"{exc}{ANSWERS_SAVED}")

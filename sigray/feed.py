@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from sigray import tasks
-from sigray.errors import ANSWERS_SAVED, InputError, SignalStoppedRun, SigrayError, WindowingError, one_line
+from sigray.errors import ANSWERS_SAVED, InputError, SigrayError, one_line, stopped_by
 from sigray.messages import AddedSignals
 from sigray.plan import PlannedSignal, RunPlan, new_signals
 from sigray.prepare import REGISTER_WINDOWS, PreparedStore, registration_batches
@@ -77,7 +77,7 @@ class SignalFeed:
                 return False
             batch = next(self.batches)
         except InputError as exc:  # a signal's data gone, or sigllm failing on it; not exit 2: the run started
-            raise _stopped_on(exc) from None
+            raise stopped_by(exc) from None
         import ray
 
         self._joined(add_signals(self.coordinator, ray.put(batch)))  # put once, however often the call is repeated
@@ -145,18 +145,10 @@ def add_signals(coordinator, ref) -> AddedSignals:
         except ray.exceptions.RayTaskError as exc:  # the store could not be written, or a task not window
             cause = exc.cause if exc.cause is not None else exc
             if isinstance(cause, InputError):  # a signal sigllm cannot window, in a task
-                raise _stopped_on(cause) from None
+                raise stopped_by(cause) from None
             if isinstance(cause, ray.exceptions.RayError):  # a windowing task's process died, retries too
                 raise SigrayError(
                     f"windowing signals failed in a Ray task: {one_line(cause)}.{ANSWERS_SAVED} Run the same command "
                     "to resume."
                 ) from None
             raise SigrayError(f"the run stopped: {cause}. Fix the cause and run the same command to resume.") from None
-
-
-def _stopped_on(exc: InputError) -> SigrayError:
-    """What stops a started run on a signal: SignalStoppedRun naming one sigllm cannot window
-    (``sigray.benchmark`` leaves it on its row and goes on), else the input error as it is."""
-    if isinstance(exc, WindowingError):
-        return SignalStoppedRun(exc.signal, str(exc))
-    return SigrayError(f"{exc}{ANSWERS_SAVED}")

@@ -21,7 +21,6 @@ import collections
 import functools
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,11 +28,11 @@ import numpy as np
 import pandas as pd
 
 from sigray import tasks
-from sigray.errors import SigrayError, SigrayWarning, one_line
+from sigray.errors import SigrayError, one_line
 from sigray.lease_keeper import KeptLease
 from sigray.pipelines.sigllm_pipeline import settings_changes
 from sigray.plan import PlannedSignal, RunPlan
-from sigray.signals import Signal, frame_of, signal_from_frame
+from sigray.signals import Signal, signal_from_store
 from sigray.stopping import StopRequested
 from sigray.store import DONE, FAILED, PENDING, RunStore, SignalEntry, result_sets
 
@@ -175,7 +174,7 @@ class Detections:
             self._tasks[task] = (signal_plan, entry, rows, settled)
         else:
             if not signal_plan.holds_data:  # dropped (the memory budget): the data its windows were asked of
-                signal_plan.reload_from(functools.partial(registered_signal, self.store, entry))
+                signal_plan.reload_from(functools.partial(_registered_signal, self.store, entry))
             try:
                 arrays = detect(self.plan.pipeline, signal_plan.preprocessed, self.store, rows, settled)
             finally:
@@ -241,22 +240,19 @@ class Detections:
         )
 
 
+def _registered_signal(store: RunStore, entry: SignalEntry) -> Signal:
+    """The data ``entry``'s windows were asked of, as the store holds it (its file may have changed or gone since)."""
+    return signal_from_store(entry.name, *store.read_signal(entry))
+
+
 def _detect_signal(pipeline, normal, store_path: str, entry: SignalEntry, rows: np.ndarray, settled: np.ndarray):
     """One signal's result arrays, or why sigllm failed on it (a str: raised by the driver); a Ray task's."""
     store = RunStore.open(store_path, read_only=True)
-    signal_plan = pipeline.plan(registered_signal(store, entry), normal)
+    signal_plan = pipeline.plan(_registered_signal(store, entry), normal)
     try:
         return detect(pipeline, signal_plan, store, rows, settled)
     except SigrayError as exc:
         return str(exc)
-
-
-def registered_signal(store: RunStore, entry: SignalEntry) -> Signal:
-    """A signal's data as the store holds it, what its windows were asked of (its file may have
-    changed or gone since)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SigrayWarning)  # said when the run read its file, by its lines there
-        return signal_from_frame(entry.name, frame_of(*store.read_signal(entry)))
 
 
 def detect(pipeline, signal_plan, store: RunStore, rows: np.ndarray, settled: np.ndarray) -> dict[str, np.ndarray]:

@@ -29,7 +29,7 @@ from sigray import lease as store_lease
 from sigray import tasks
 from sigray.coordinator import Coordinator, CoordinatorSettings, Health
 from sigray.engines import engine_class, rate_limits
-from sigray.errors import SignalStoppedRun, SigrayError, SigrayWarning, WindowingError, one_line
+from sigray.errors import SignalStoppedRun, SigrayError, SigrayWarning, WindowingError, one_line, stopped_by
 from sigray.feed import SignalFeed
 from sigray.messages import AddedSignals, Progress
 from sigray.plan import RunPlan
@@ -563,7 +563,7 @@ def _windowing_stops_the_run():
     try:
         yield
     except WindowingError as exc:
-        raise SignalStoppedRun(exc.signal, str(exc)) from None
+        raise stopped_by(exc) from None
 
 
 def _unanswered_message(result: RunResult) -> str:

@@ -75,6 +75,15 @@ def frame_of(timestamps: np.ndarray, values: np.ndarray) -> pd.DataFrame:
     return pd.DataFrame({"timestamp": timestamps, **{str(k): column for k, column in enumerate(values.T)}})
 
 
+def signal_from_store(name: str, timestamps: np.ndarray, values: np.ndarray) -> Signal:
+    """A signal from a store's copy of its data (``RunStore.read_signal``), what its windows were
+    asked of, quietly: what is odd in it was said when its file was read, by the file's line
+    numbers (the store's rows count from 0)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SigrayWarning)
+        return signal_from_frame(name, frame_of(timestamps, values))
+
+
 def _timestamps_as_seconds(column: pd.Series, where: str, unit: str | None) -> np.ndarray:
     if pd.api.types.is_datetime64_any_dtype(column):  # a DataFrame's dates (a CSV's are text)
         if column.isna().any():
